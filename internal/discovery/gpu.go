@@ -30,6 +30,11 @@ type GPU struct {
 	MemoryBytes uint64
 	// PCIBusID is the normalised PCI address, "0000:3b:00.0"; empty when unknown.
 	PCIBusID string
+	// PCIeRoot is the PCIe root complex the GPU hangs off, "pci0000:00"
+	// (the form of the standard resource.kubernetes.io/pcieRoot attribute);
+	// empty when unknown. GPUs under the same root talk to each other and to
+	// NICs there without crossing the CPU interconnect.
+	PCIeRoot string
 	// NUMANode is the NUMA node the GPU is attached to; -1 when unknown.
 	NUMANode int
 	// MIGEnabled reports whether MIG mode is on; such GPUs are not shared by
