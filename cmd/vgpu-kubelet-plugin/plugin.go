@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
+	"k8s.io/klog/v2"
+
+	"github.com/hami-dra/hami-dra/internal/discovery"
+	"github.com/hami-dra/hami-dra/internal/driver"
+	"github.com/hami-dra/hami-dra/internal/inventory"
+)
+
+// plugin is what the command needs from the running driver. It is an
+// interface so the republish loop can be tested without a kubelet.
+type plugin interface {
+	PublishResources(ctx context.Context, res resourceslice.DriverResources) error
+	UpdateGPUs(gpus []discovery.GPU)
+	Stop()
+}
+
+// startPlugin starts the driver; tests replace it.
+var startPlugin = func(ctx context.Context, cfg driver.Config, gpus []discovery.GPU) (plugin, error) {
+	return driver.Start(ctx, cfg, gpus)
+}
+
+// newKubeClient connects to the API server; tests replace it.
+var newKubeClient = func(kubeconfig string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load client configuration: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+// runPlugin discovers, publishes and serves until ctx is cancelled.
+func runPlugin(ctx context.Context, opts options) error {
+	logger := klog.FromContext(ctx)
+	if opts.nodeName == "" {
+		return errors.New("no node name: set --node-name or NODE_NAME (from the downward API spec.nodeName)")
+	}
+	if opts.rediscoverInterval <= 0 {
+		return fmt.Errorf("--rediscover-interval must be positive, got %v", opts.rediscoverInterval)
+	}
+	d, err := openDiscoverer(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := d.Close(); err != nil {
+			logger.Error(err, "Closing GPU discovery")
+		}
+	}()
+	gpus, err := d.Discover(ctx)
+	if err != nil {
+		return fmt.Errorf("discover GPUs: %w", err)
+	}
+	res, published := inventory.Build(ctx, opts.nodeName, gpus)
+	logger.Info("GPUs discovered", "found", len(gpus), "published", len(published))
+
+	client, err := newKubeClient(opts.kubeconfig)
+	if err != nil {
+		return err
+	}
+	p, err := startPlugin(ctx, driverConfig(opts, client), published)
+	if err != nil {
+		return fmt.Errorf("start driver: %w", err)
+	}
+	defer p.Stop()
+	if err := p.PublishResources(ctx, res); err != nil {
+		return fmt.Errorf("publish ResourceSlices: %w", err)
+	}
+	logger.Info("ResourceSlices published", "devices", len(published))
+
+	ticker := time.NewTicker(opts.rediscoverInterval)
+	defer ticker.Stop()
+	return republishLoop(ctx, d, p, opts.nodeName, res, ticker.C)
+}
+
+// driverConfig maps the command line onto the driver's configuration.
+func driverConfig(opts options, client kubernetes.Interface) driver.Config {
+	return driver.Config{
+		DriverName:       opts.driverName,
+		NodeName:         opts.nodeName,
+		KubeClient:       client,
+		PluginDataDir:    opts.pluginDataDir,
+		RegistrarDir:     opts.registrarDir,
+		CDIRoot:          opts.cdiRoot,
+		StateDir:         opts.stateDir,
+		LibvgpuHostPath:  opts.libvgpuPath,
+		DevRoot:          opts.devRoot,
+		ComposeNvidiaCDI: opts.composeNvidiaCDI,
+		NvidiaCDIKind:    opts.nvidiaCDIKind,
+		DeviceName:       inventory.DeviceName,
+		CleanupInterval:  opts.cleanupInterval,
+	}
+}
+
+// republishLoop re-discovers on every tick and, when the inventory changed
+// (a GPU fell off the bus, MIG was toggled, the driver was upgraded), tells
+// the driver about the new GPUs first and then republishes, so that the
+// scheduler never sees a device the driver does not know. A failed
+// discovery keeps what was published: withdrawing every GPU because NVML
+// hiccuped once would strand the node's pods' future claims.
+func republishLoop(ctx context.Context, d discovery.Discoverer, p plugin, nodeName string, current resourceslice.DriverResources, ticks <-chan time.Time) error {
+	logger := klog.FromContext(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			logger.Info("Shutting down")
+			return nil
+		case <-ticks:
+		}
+		gpus, err := d.Discover(ctx)
+		if err != nil {
+			logger.Error(err, "Re-discovering GPUs failed; keeping the published inventory")
+			continue
+		}
+		next, published := inventory.Build(ctx, nodeName, gpus)
+		if inventory.Equal(current, next) {
+			continue
+		}
+		logger.Info("GPU inventory changed; republishing", "devices", len(published))
+		p.UpdateGPUs(published)
+		if err := p.PublishResources(ctx, next); err != nil {
+			// Retried on the next tick: current stays the old inventory.
+			logger.Error(err, "Republishing ResourceSlices failed")
+			continue
+		}
+		current = next
+	}
+}
