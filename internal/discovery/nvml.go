@@ -164,11 +164,13 @@ func (d *NVMLDiscoverer) describe(ctx context.Context, index int) (GPU, error) {
 		gpu.CUDAComputeCapability = fmt.Sprintf("%d.%d", major, minor)
 	}
 	if pci, ret := dev.GetPciInfo(); optional("PCI info", ret) {
-		busID, err := NormalizePCIBusID(cString(pci.BusId[:]))
-		if err != nil {
-			logger.V(3).Info("Ignoring a PCI bus ID", "uuid", gpu.UUID, "err", err)
+		if raw := cString(pci.BusId[:]); raw != "" {
+			busID, err := NormalizePCIBusID(raw)
+			if err != nil {
+				logger.V(3).Info("Ignoring a PCI bus ID", "uuid", gpu.UUID, "err", err)
+			}
+			gpu.PCIBusID = busID
 		}
-		gpu.PCIBusID = busID
 	}
 	if current, _, ret := dev.GetMigMode(); ret == nvml.SUCCESS {
 		gpu.MIGEnabled = current == nvml.DEVICE_MIG_ENABLE
