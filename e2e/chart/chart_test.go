@@ -1,0 +1,602 @@
+package chart
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+)
+
+// fullValues sets every value of the chart to something other than its
+// default.
+func fullValues() map[string]any {
+	return map[string]any{
+		"driverName": "vgpu.hami.io",
+		"image": map[string]any{
+			"repository": "registry.example.com/hami/hami-dra",
+			"tag":        "0.1.0",
+			"digest":     "sha256:" + strings.Repeat("ab", 32),
+			"pullPolicy": "Always",
+		},
+		"imagePullSecrets": []any{map[string]any{"name": "regcred"}},
+		"fullnameOverride": "hami",
+		"serviceAccount": map[string]any{
+			"create":      true,
+			"name":        "hami-plugin",
+			"annotations": map[string]any{"example.com/owner": "platform"},
+		},
+		"rbac":     map[string]any{"create": true, "nodeRestriction": true},
+		"logLevel": 5,
+		"defaults": map[string]any{"computePolicy": "BestEffort", "libvgpuLogLevel": 2},
+		"libvgpu": map[string]any{
+			"hostDir": "/opt/hami-dra-host/",
+			"version": "0.1.0-rc.1",
+		},
+		"kubeletDir":       "/var/snap/microk8s/common/var/lib/kubelet",
+		"cdiRoot":          "/etc/cdi",
+		"stateDir":         "/var/lib/hami",
+		"nvidiaDriverRoot": "/run/nvidia/driver",
+		"nvidiaCDI":        map[string]any{"enabled": false, "kind": "nvidia.com/gpu"},
+		"kubeletPlugin": map[string]any{
+			"priorityClassName": "system-node-critical",
+			"nodeSelector":      map[string]any{"example.com/gpu": "nvidia"},
+			"affinity": map[string]any{
+				"nodeAffinity": map[string]any{
+					"requiredDuringSchedulingIgnoredDuringExecution": map[string]any{
+						"nodeSelectorTerms": []any{map[string]any{
+							"matchExpressions": []any{map[string]any{
+								"key": "kubernetes.io/arch", "operator": "In", "values": []any{"amd64", "arm64"},
+							}},
+						}},
+					},
+				},
+			},
+			"tolerations": []any{
+				map[string]any{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+				map[string]any{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute", "tolerationSeconds": 60},
+			},
+			"rollingUpdate":                 map[string]any{"enabled": false},
+			"minReadySeconds":               10,
+			"metricsPort":                   9400,
+			"healthPort":                    9401,
+			"terminationGracePeriodSeconds": 60,
+			"resources": map[string]any{
+				"requests": map[string]any{"cpu": "100m", "memory": "128Mi"},
+				"limits":   map[string]any{"memory": "512Mi"},
+			},
+			"podAnnotations": map[string]any{"prometheus.io/scrape": "true", "prometheus.io/port": "9400"},
+			"podLabels":      map[string]any{"team": "platform"},
+			"extraArgs":      []any{"--cleanup-interval=30s"},
+			"extraEnv":       []any{map[string]any{"name": "GODEBUG", "value": "madvdontneed=1"}},
+		},
+		"deviceClasses": map[string]any{
+			"default": map[string]any{
+				"enabled":              true,
+				"name":                 "gpu.vgpu.hami.io",
+				"extendedResourceName": "hami.io/gpu",
+			},
+			"models": []any{
+				map[string]any{
+					"name": "h100", "productName": "H100", "minMemory": "80Gi",
+					"extendedResourceName": "hami.io/h100",
+					"config":               map[string]any{"computePolicy": "HardCap"},
+				},
+				map[string]any{"name": "l4", "productName": "L4", "config": map[string]any{"logLevel": 3}},
+				map[string]any{"name": "a100-40g", "productName": "A100", "minMemory": 40000000000},
+			},
+		},
+	}
+}
+
+func mustRender(t *testing.T, values map[string]any) []*unstructured.Unstructured {
+	t.Helper()
+	objs, err := Render(values)
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	if len(objs) == 0 {
+		t.Fatal("render produced no objects")
+	}
+	return objs
+}
+
+func kindsOf(objs []*unstructured.Unstructured) []string {
+	var kinds []string
+	for _, o := range objs {
+		kinds = append(kinds, o.GetKind()+"/"+o.GetName())
+	}
+	return kinds
+}
+
+func pluginContainer(t *testing.T, objs []*unstructured.Unstructured) (ds *unstructured.Unstructured, plugin, install map[string]any) {
+	t.Helper()
+	dss := SelectKinds(objs, KindDaemonSet)
+	if len(dss) != 1 {
+		t.Fatalf("want one DaemonSet, got %v", kindsOf(dss))
+	}
+	ds = dss[0]
+	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	inits, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "initContainers")
+	for _, c := range containers {
+		if c.(map[string]any)["name"] == "plugin" {
+			plugin = c.(map[string]any)
+		}
+	}
+	for _, c := range inits {
+		if c.(map[string]any)["name"] == "install-libvgpu" {
+			install = c.(map[string]any)
+		}
+	}
+	if plugin == nil || install == nil {
+		t.Fatalf("DaemonSet lacks the plugin or install-libvgpu container")
+	}
+	return ds, plugin, install
+}
+
+func stringsOf(v any) []string {
+	var out []string
+	for _, s := range v.([]any) {
+		out = append(out, s.(string))
+	}
+	return out
+}
+
+func TestRenderDefaults(t *testing.T) {
+	objs := mustRender(t, nil)
+	t.Logf("rendered: %v", kindsOf(objs))
+	for _, want := range []string{
+		"ServiceAccount/hami-dra", "ClusterRole/hami-dra-kubelet-plugin", "ClusterRoleBinding/hami-dra-kubelet-plugin",
+		"ValidatingAdmissionPolicy/hami-dra-resourceslices", "ValidatingAdmissionPolicyBinding/hami-dra-resourceslices",
+		"DeviceClass/vgpu.hami.io", "DeviceClass/a100.vgpu.hami.io", "DeviceClass/h100.vgpu.hami.io",
+		"DaemonSet/hami-dra-kubelet-plugin",
+	} {
+		if !slices.Contains(kindsOf(objs), want) {
+			t.Errorf("missing %s in %v", want, kindsOf(objs))
+		}
+	}
+
+	ds, plugin, install := pluginContainer(t, objs)
+	args := stringsOf(plugin["args"])
+	wantArgs := []string{
+		"--driver-name=vgpu.hami.io",
+		"--node-name=$(NODE_NAME)",
+		"--pod-uid=$(POD_UID)",
+		"--registrar-dir=/var/lib/kubelet/plugins_registry",
+		"--plugin-data-dir=/var/lib/kubelet/plugins/vgpu.hami.io",
+		"--cdi-root=/var/run/cdi",
+		"--state-dir=/var/lib/hami-dra",
+		"--libvgpu-host-path=/usr/local/hami-dra/0.1.0/libvgpu.so",
+		"--compose-nvidia-cdi=true",
+		"--nvidia-cdi-kind=nvidia.com/gpu",
+		"--metrics-port=8080",
+		"--health-port=8081",
+		"-v=2",
+	}
+	if !slices.Equal(args, wantArgs) {
+		t.Errorf("plugin args:\n got %q\nwant %q", args, wantArgs)
+	}
+	strategy, _, _ := unstructured.NestedMap(ds.Object, "spec", "updateStrategy", "rollingUpdate")
+	if strategy["maxUnavailable"] != int64(0) || strategy["maxSurge"] != int64(1) {
+		t.Errorf("rolling update strategy %v, want maxUnavailable 0 maxSurge 1", strategy)
+	}
+	spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	if spec["priorityClassName"] != "system-node-critical" {
+		t.Errorf("priorityClassName %v", spec["priorityClassName"])
+	}
+	if sel, _ := spec["nodeSelector"].(map[string]any); sel["nvidia.com/gpu.present"] != "true" {
+		t.Errorf("nodeSelector %v", spec["nodeSelector"])
+	}
+	if priv, _, _ := unstructured.NestedBool(plugin, "securityContext", "privileged"); !priv {
+		t.Error("plugin container is not privileged")
+	}
+	if priv, _, _ := unstructured.NestedBool(install, "securityContext", "privileged"); priv {
+		t.Error("install-libvgpu container must not be privileged")
+	}
+	for _, probe := range []string{"livenessProbe", "readinessProbe", "startupProbe"} {
+		path, _, _ := unstructured.NestedString(plugin, probe, "httpGet", "path")
+		port, _, _ := unstructured.NestedFieldNoCopy(plugin, probe, "httpGet", "port")
+		if path == "" || port != "health" {
+			t.Errorf("%s: path %q port %v", probe, path, port)
+		}
+	}
+	hostPaths := map[string]string{}
+	vols, _, _ := unstructured.NestedSlice(spec, "volumes")
+	for _, v := range vols {
+		vm := v.(map[string]any)
+		if hp, ok := vm["hostPath"].(map[string]any); ok {
+			hostPaths[vm["name"].(string)] = hp["path"].(string)
+		}
+	}
+	for name, path := range map[string]string{
+		"plugins-registry": "/var/lib/kubelet/plugins_registry",
+		"plugin-data":      "/var/lib/kubelet/plugins/vgpu.hami.io",
+		"cdi":              "/var/run/cdi",
+		"dev":              "/dev",
+		"state":            "/var/lib/hami-dra",
+		"libvgpu":          "/usr/local/hami-dra",
+		"driver-root":      "/",
+	} {
+		if hostPaths[name] != path {
+			t.Errorf("hostPath volume %s = %q, want %q", name, hostPaths[name], path)
+		}
+	}
+	// Each host path is mounted at the same path inside (CDI specs and
+	// sockets name host paths), except /driver-root.
+	mounts, _, _ := unstructured.NestedSlice(plugin, "volumeMounts")
+	for _, m := range mounts {
+		mm := m.(map[string]any)
+		name := mm["name"].(string)
+		if name == "driver-root" {
+			continue
+		}
+		if mm["mountPath"] != hostPaths[name] {
+			t.Errorf("mount %s at %v, host path %s", name, mm["mountPath"], hostPaths[name])
+		}
+		if name == "libvgpu" && mm["readOnly"] != true {
+			t.Error("the plugin must mount the libvgpu directory read-only")
+		}
+	}
+	envs := map[string]any{}
+	ie, _, _ := unstructured.NestedSlice(install, "env")
+	for _, e := range ie {
+		em := e.(map[string]any)
+		envs[em["name"].(string)] = em["value"]
+	}
+	if envs["LIBVGPU_VERSION"] != "0.1.0" || envs["LIBVGPU_HOST_DIR"] != "/usr/local/hami-dra" {
+		t.Errorf("install-libvgpu env %v", envs)
+	}
+
+	// DeviceClasses: CEL selectors and the cluster default config.
+	all := Find(objs, KindDeviceClass, "vgpu.hami.io")
+	expr := celOf(t, all)
+	if expr != `device.driver == "vgpu.hami.io"` {
+		t.Errorf("default class selector %q", expr)
+	}
+	if _, found, _ := unstructured.NestedString(all.Object, "spec", "extendedResourceName"); found {
+		t.Error("default class must not map an extended resource unless asked")
+	}
+	params := classParams(t, all)
+	if params["kind"] != "VgpuConfig" || params["apiVersion"] != "vgpu.hami.io/v1alpha1" || params["computePolicy"] != "HardCap" {
+		t.Errorf("default class config %v", params)
+	}
+	if _, ok := params["logLevel"]; ok {
+		t.Errorf("libvgpuLogLevel null must not set logLevel: %v", params)
+	}
+	h100 := Find(objs, KindDeviceClass, "h100.vgpu.hami.io")
+	if got, want := celOf(t, h100), `device.driver == "vgpu.hami.io" && device.attributes["vgpu.hami.io"].productName.contains("H100")`; got != want {
+		t.Errorf("h100 selector\n got %s\nwant %s", got, want)
+	}
+
+	// RBAC: exactly the verbs the plugin needs.
+	role := Find(objs, KindClusterRole, "hami-dra-kubelet-plugin")
+	rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+	got := map[string][]string{}
+	for _, r := range rules {
+		rm := r.(map[string]any)
+		for _, res := range stringsOf(rm["resources"]) {
+			got[res] = append(got[res], stringsOf(rm["verbs"])...)
+		}
+	}
+	want := map[string][]string{
+		"resourceclaims": {"get", "list", "watch"},
+		"nodes":          {"get"},
+		"resourceslices": {"get", "list", "watch", "create", "update", "patch", "delete"},
+	}
+	for res, verbs := range want {
+		if !slices.Equal(got[res], verbs) {
+			t.Errorf("ClusterRole %s verbs %v, want %v", res, got[res], verbs)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("ClusterRole grants %v, want only %v", got, want)
+	}
+	ns, sa, err := ServiceAccount(objs)
+	if err != nil || ns != DefaultNamespace || sa != "hami-dra" {
+		t.Errorf("ServiceAccount() = %s/%s, %v", ns, sa, err)
+	}
+	vap := Find(objs, KindValidatingAdmissionPolicy, "hami-dra-resourceslices")
+	conds, _, _ := unstructured.NestedSlice(vap.Object, "spec", "matchConditions")
+	if len(conds) != 1 || !strings.Contains(conds[0].(map[string]any)["expression"].(string), `"system:serviceaccount:hami-dra:hami-dra"`) {
+		t.Errorf("admission policy match conditions %v", conds)
+	}
+
+	notes, err := RenderNotes(Options{}, nil)
+	if err != nil || !strings.Contains(notes, "/usr/local/hami-dra/0.1.0/libvgpu.so") {
+		t.Errorf("NOTES: %v\n%s", err, notes)
+	}
+}
+
+func celOf(t *testing.T, class *unstructured.Unstructured) string {
+	t.Helper()
+	if class == nil {
+		t.Fatal("DeviceClass not rendered")
+	}
+	sels, _, _ := unstructured.NestedSlice(class.Object, "spec", "selectors")
+	if len(sels) != 1 {
+		t.Fatalf("%s: want one selector, got %v", class.GetName(), sels)
+	}
+	expr, _, _ := unstructured.NestedString(sels[0].(map[string]any), "cel", "expression")
+	return expr
+}
+
+func classParams(t *testing.T, class *unstructured.Unstructured) map[string]any {
+	t.Helper()
+	cfg, _, _ := unstructured.NestedSlice(class.Object, "spec", "config")
+	if len(cfg) != 1 {
+		t.Fatalf("%s: want one config, got %v", class.GetName(), cfg)
+	}
+	driver, _, _ := unstructured.NestedString(cfg[0].(map[string]any), "opaque", "driver")
+	if driver != "vgpu.hami.io" {
+		t.Errorf("%s: config driver %q", class.GetName(), driver)
+	}
+	params, _, _ := unstructured.NestedMap(cfg[0].(map[string]any), "opaque", "parameters")
+	return params
+}
+
+func TestRenderFullValues(t *testing.T) {
+	objs := mustRender(t, fullValues())
+	t.Logf("rendered: %v", kindsOf(objs))
+	ds, plugin, install := pluginContainer(t, objs)
+	if ds.GetName() != "hami-kubelet-plugin" {
+		t.Errorf("DaemonSet name %s", ds.GetName())
+	}
+	img := plugin["image"].(string)
+	if img != "registry.example.com/hami/hami-dra@sha256:"+strings.Repeat("ab", 32) || install["image"] != img {
+		t.Errorf("image %s / %v", img, install["image"])
+	}
+	args := stringsOf(plugin["args"])
+	for _, want := range []string{
+		"--registrar-dir=/var/snap/microk8s/common/var/lib/kubelet/plugins_registry",
+		"--plugin-data-dir=/var/snap/microk8s/common/var/lib/kubelet/plugins/vgpu.hami.io",
+		"--cdi-root=/etc/cdi",
+		"--state-dir=/var/lib/hami",
+		"--libvgpu-host-path=/opt/hami-dra-host/0.1.0-rc.1/libvgpu.so",
+		"--compose-nvidia-cdi=false",
+		"--metrics-port=9400",
+		"--health-port=9401",
+		"-v=5",
+		"--cleanup-interval=30s",
+	} {
+		if !slices.Contains(args, want) {
+			t.Errorf("args %q lack %q", args, want)
+		}
+	}
+	if slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--pod-uid") }) {
+		t.Error("--pod-uid passed with rolling updates disabled")
+	}
+	strategy, _, _ := unstructured.NestedMap(ds.Object, "spec", "updateStrategy", "rollingUpdate")
+	if strategy["maxUnavailable"] != int64(1) || strategy["maxSurge"] != int64(0) {
+		t.Errorf("strategy %v", strategy)
+	}
+	if _, sa, _ := ServiceAccount(objs); sa != "hami-plugin" {
+		t.Errorf("service account %s", sa)
+	}
+
+	def := Find(objs, KindDeviceClass, "gpu.vgpu.hami.io")
+	if ern, _, _ := unstructured.NestedString(def.Object, "spec", "extendedResourceName"); ern != "hami.io/gpu" {
+		t.Errorf("extendedResourceName %q", ern)
+	}
+	if p := classParams(t, def); p["computePolicy"] != "BestEffort" || p["logLevel"] != int64(2) {
+		t.Errorf("default class params %v", p)
+	}
+	h100 := Find(objs, KindDeviceClass, "h100.vgpu.hami.io")
+	if got := celOf(t, h100); !strings.HasSuffix(got, `&& device.capacity["vgpu.hami.io"].memory.compareTo(quantity("80Gi")) >= 0`) {
+		t.Errorf("h100 selector %s", got)
+	}
+	if p := classParams(t, h100); p["computePolicy"] != "HardCap" || p["logLevel"] != int64(2) {
+		t.Errorf("h100 params %v", p)
+	}
+	if p := classParams(t, Find(objs, KindDeviceClass, "l4.vgpu.hami.io")); p["computePolicy"] != "BestEffort" || p["logLevel"] != int64(3) {
+		t.Errorf("l4 params %v", p)
+	}
+	if got := celOf(t, Find(objs, KindDeviceClass, "a100-40g.vgpu.hami.io")); !strings.Contains(got, `quantity("40000000000")`) {
+		t.Errorf("a100-40g selector %s", got)
+	}
+}
+
+func TestRenderOptional(t *testing.T) {
+	objs := mustRender(t, map[string]any{
+		"rbac":           map[string]any{"create": false, "nodeRestriction": false},
+		"serviceAccount": map[string]any{"create": false, "name": "existing"},
+		"defaults":       map[string]any{"computePolicy": ""},
+		"deviceClasses":  map[string]any{"default": map[string]any{"enabled": false}, "models": []any{}},
+	})
+	if got := kindsOf(objs); !slices.Equal(got, []string{"DaemonSet/hami-dra-kubelet-plugin"}) {
+		t.Errorf("rendered %v, want only the DaemonSet", got)
+	}
+	objs = mustRender(t, map[string]any{"defaults": map[string]any{"computePolicy": ""}})
+	if cfg, found, _ := unstructured.NestedSlice(Find(objs, KindDeviceClass, "vgpu.hami.io").Object, "spec", "config"); found {
+		t.Errorf("no defaults must render no class config, got %v", cfg)
+	}
+}
+
+// TestSchemaRejects checks that bad values fail with the schema's message
+// naming the key.
+func TestSchemaRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values map[string]any
+		want   []string
+	}{
+		{"compute policy", map[string]any{"defaults": map[string]any{"computePolicy": "Hard"}}, []string{"/defaults/computePolicy", "HardCap", "BestEffort"}},
+		{"unknown key", map[string]any{"nodeSelector": map[string]any{"a": "b"}}, []string{"additional properties 'nodeSelector' not allowed"}},
+		{"driver name", map[string]any{"driverName": "VGPU_hami"}, []string{"/driverName", "does not match pattern"}},
+		{"port type", map[string]any{"kubeletPlugin": map[string]any{"metricsPort": "8080"}}, []string{"/kubeletPlugin/metricsPort", "want integer"}},
+		{"port range", map[string]any{"kubeletPlugin": map[string]any{"healthPort": 70000}}, []string{"/kubeletPlugin/healthPort", "maximum"}},
+		{"relative host dir", map[string]any{"libvgpu": map[string]any{"hostDir": "usr/local/hami"}}, []string{"/libvgpu/hostDir", "does not match pattern"}},
+		{"root host dir", map[string]any{"libvgpu": map[string]any{"hostDir": "/"}}, []string{"/libvgpu/hostDir", "does not match pattern"}},
+		{"log level", map[string]any{"logLevel": 11}, []string{"/logLevel", "maximum"}},
+		{"libvgpu log level", map[string]any{"defaults": map[string]any{"libvgpuLogLevel": 9}}, []string{"/defaults/libvgpuLogLevel"}},
+		{"model name", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "H100", "productName": "H100"}}}}, []string{"/deviceClasses/models/0/name"}},
+		{"model without product", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "h100"}}}}, []string{"/deviceClasses/models/0", "productName"}},
+		{"extended resource without domain", map[string]any{"deviceClasses": map[string]any{"default": map[string]any{"extendedResourceName": "gpu"}}}, []string{"/deviceClasses/default/extendedResourceName"}},
+		{"digest", map[string]any{"image": map[string]any{"digest": "latest"}}, []string{"/image/digest"}},
+		{"min memory", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "h100", "productName": "H100", "minMemory": "80 GB"}}}}, []string{"/deviceClasses/models/0/minMemory"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Render(tc.values)
+			if err == nil {
+				t.Fatal("bad values accepted")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, "values don't meet the specifications of the schema") {
+				t.Errorf("not a schema error: %s", msg)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("message lacks %q:\n%s", w, msg)
+				}
+			}
+			t.Logf("%s", msg)
+		})
+	}
+}
+
+// TestTemplateRejects covers what JSON schema cannot express.
+func TestTemplateRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values map[string]any
+		want   string
+	}{
+		{"duplicate extended resource", map[string]any{"deviceClasses": map[string]any{
+			"default": map[string]any{"extendedResourceName": "hami.io/gpu"},
+			"models":  []any{map[string]any{"name": "h100", "productName": "H100", "extendedResourceName": "hami.io/gpu"}},
+		}}, `extendedResourceName "hami.io/gpu" is used by both`},
+		{"duplicate class", map[string]any{"deviceClasses": map[string]any{
+			"models": []any{map[string]any{"name": "h100", "productName": "H100"}, map[string]any{"name": "h100", "productName": "H100 NVL"}},
+		}}, `two DeviceClasses are named "h100.vgpu.hami.io"`},
+		{"extended resource under kubernetes.io", map[string]any{"deviceClasses": map[string]any{"default": map[string]any{"extendedResourceName": "example.kubernetes.io/gpu"}}}, `extendedResourceName "example.kubernetes.io/gpu" of "vgpu.hami.io" is reserved`},
+		{"bad version from tag", map[string]any{"image": map[string]any{"tag": "-dev"}}, "/image/tag"},
+		{"existing service account needs a name", map[string]any{"serviceAccount": map[string]any{"create": false}}, "serviceAccount.name is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Render(tc.values)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLint(t *testing.T) {
+	for name, values := range map[string]map[string]any{"defaults": nil, "full": fullValues()} {
+		t.Run(name, func(t *testing.T) {
+			if err := Lint(Options{}, values); err != nil {
+				t.Errorf("lint:\n%v", err)
+			}
+		})
+	}
+	t.Run("bad values", func(t *testing.T) {
+		err := Lint(Options{}, map[string]any{"defaults": map[string]any{"computePolicy": "Hard"}})
+		if err == nil || !strings.Contains(err.Error(), "/defaults/computePolicy") {
+			t.Errorf("lint of bad values: %v", err)
+		}
+	})
+}
+
+// TestInstallLibvgpu runs the init container's script against temporary
+// directories: first install, idempotent re-run, refusal to overwrite a
+// different library, and a clear error for a version the image lacks.
+func TestInstallLibvgpu(t *testing.T) {
+	dir, err := Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(dir, "files", "install-libvgpu.sh")
+	tmp := t.TempDir()
+	src, host := filepath.Join(tmp, "src"), filepath.Join(tmp, "host")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(content string) {
+		if err := os.WriteFile(filepath.Join(src, "libvgpu.so.1.2.3"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(version string) (string, error) {
+		cmd := exec.Command("/bin/sh", script)
+		cmd.Env = append(os.Environ(), "LIBVGPU_VERSION="+version, "LIBVGPU_HOST_DIR="+host, "LIBVGPU_SRC_DIR="+src)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	dst := filepath.Join(host, "1.2.3", "libvgpu.so")
+
+	write("library one")
+	if out, err := run("1.2.3"); err != nil {
+		t.Fatalf("first install: %v\n%s", err, out)
+	}
+	got, _ := os.ReadFile(dst)
+	if string(got) != "library one" {
+		t.Fatalf("installed %q", got)
+	}
+	st, _ := os.Stat(dst)
+	if st.Mode().Perm() != 0o444 {
+		t.Errorf("installed mode %v, want read-only", st.Mode())
+	}
+	before := st.ModTime()
+	if out, err := run("1.2.3"); err != nil || !strings.Contains(out, "already installed") {
+		t.Fatalf("re-run: %v\n%s", err, out)
+	}
+	write("library two")
+	out, err := run("1.2.3")
+	if err == nil || !strings.Contains(out, "refusing to overwrite") {
+		t.Fatalf("different library with the same version: %v\n%s", err, out)
+	}
+	got, _ = os.ReadFile(dst)
+	st, _ = os.Stat(dst)
+	if string(got) != "library one" || !st.ModTime().Equal(before) {
+		t.Fatal("the installed library was touched")
+	}
+	if out, err := run("9.9.9"); err == nil || !strings.Contains(out, "no libvgpu.so.9.9.9") || !strings.Contains(out, "libvgpu.so.1.2.3") {
+		t.Fatalf("missing version: %v\n%s", err, out)
+	}
+	entries, _ := os.ReadDir(filepath.Join(host, "1.2.3"))
+	if len(entries) != 1 {
+		t.Errorf("leftover files next to the library: %v", entries)
+	}
+}
+
+// TestExamplesParse checks every example is well-formed YAML with kinds the
+// API server knows (TestAPIServer applies them).
+func TestExamplesParse(t *testing.T) {
+	objs := examples(t)
+	if len(objs) < 14 {
+		t.Errorf("only %d example objects", len(objs))
+	}
+}
+
+func examples(t *testing.T) []*unstructured.Unstructured {
+	t.Helper()
+	dir, err := Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "..", "..", "examples", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	var objs []*unstructured.Unstructured
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		decoded, err := decodeManifest(filepath.Base(f), string(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range decoded {
+			if _, err := yaml.Marshal(o.Object); err != nil {
+				t.Fatal(err)
+			}
+		}
+		objs = append(objs, decoded...)
+	}
+	return objs
+}
