@@ -122,7 +122,7 @@ func TestNVMLDiscover(t *testing.T) {
 				return g
 			}()},
 			sysfs: sysfsWithRoot,
-			want: []GPU{{UUID: "GPU-0a1b2c3d-0000-1111-2222-333344445555", Index: 0, Minor: 0, ProductName: "NVIDIA H100 80GB HBM3", Brand: "Nvidia", Architecture: "hopper", CUDAComputeCapability: "9.0", DriverVersion: "580.82.07", CUDADriverVersion: "13.0", MemoryBytes: 81559 * mib, PCIBusID: "0000:1b:00.0", PCIeRoot: "pci0000:1a", NUMANode: 1}},
+			want:  []GPU{{UUID: "GPU-0a1b2c3d-0000-1111-2222-333344445555", Index: 0, Minor: 0, ProductName: "NVIDIA H100 80GB HBM3", Brand: "Nvidia", Architecture: "hopper", CUDAComputeCapability: "9.0", DriverVersion: "580.82.07", CUDADriverVersion: "13.0", MemoryBytes: 81559 * mib, PCIBusID: "0000:1b:00.0", PCIeRoot: "pci0000:1a", NUMANode: 1}},
 		},
 		{
 			name: "optional properties unsupported are left empty",

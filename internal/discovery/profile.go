@@ -129,7 +129,7 @@ func ParseInlineProfile(spec string) (Profile, error) {
 func ParseProfile(data []byte) (Profile, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return Profile{}, fmt.Errorf("parse profile: %w", err)
+		return Profile{}, fmt.Errorf("parse profile: %w", oneLineError{err})
 	}
 	if root.Kind == 0 {
 		return Profile{}, errors.New("parse profile: empty document")
@@ -146,7 +146,7 @@ func ParseProfile(data []byte) (Profile, error) {
 	dec.KnownFields(true)
 	var p Profile
 	if err := dec.Decode(&p); err != nil {
-		return Profile{}, fmt.Errorf("parse profile: %w", err)
+		return Profile{}, fmt.Errorf("parse profile: %w", oneLineError{err})
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -274,3 +274,17 @@ func (g ProfileGPU) resolve() (SimulatedGPU, error) {
 	}
 	return SimulatedGPU{Model: m, MIGEnabled: g.MIGEnabled}, nil
 }
+
+// oneLineError keeps YAML's multi-line error lists ("unmarshal errors:\n
+// line 3: ...") on one line, so that a bad profile is one log line.
+type oneLineError struct{ err error }
+
+func (e oneLineError) Error() string {
+	lines := strings.Split(e.err.Error(), "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, " ")
+}
+
+func (e oneLineError) Unwrap() error { return e.err }

@@ -18,8 +18,8 @@ func TestParseProfile(t *testing.T) {
 		wantErr []string
 	}{
 		{
-			name: "known models with counts",
-			yaml: "driverVersion: \"570.124.06\"\ngpus:\n- model: H100-80GB\n  count: 2\n- model: l4\n",
+			name:         "known models with counts",
+			yaml:         "driverVersion: \"570.124.06\"\ngpus:\n- model: H100-80GB\n  count: 2\n- model: l4\n",
 			wantProducts: []string{"NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", "NVIDIA L4"},
 			wantMemory:   []uint64{81559 * mib, 81559 * mib, 23034 * mib},
 		},

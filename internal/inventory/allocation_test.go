@@ -6,7 +6,6 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2/ktesting"
-
 )
 
 // These tests run the scheduler's own allocator on the slices this driver

@@ -69,12 +69,16 @@ func TestBuild(t *testing.T) {
 	}{
 		{
 			name: "simulated 4xH100-80GB",
-			gpus: func(t *testing.T, ctx context.Context) []discovery.GPU { return simulatedGPUs(t, ctx, "n1", "4xH100-80GB") },
+			gpus: func(t *testing.T, ctx context.Context) []discovery.GPU {
+				return simulatedGPUs(t, ctx, "n1", "4xH100-80GB")
+			},
 			want: []expectDevice{h100, h100, withNUMA(h100, 1), withNUMA(h100, 1)},
 		},
 		{
 			name: "simulated mixed node",
-			gpus: func(t *testing.T, ctx context.Context) []discovery.GPU { return simulatedGPUs(t, ctx, "n1", "2xA100-80GB,2xL4") },
+			gpus: func(t *testing.T, ctx context.Context) []discovery.GPU {
+				return simulatedGPUs(t, ctx, "n1", "2xA100-80GB,2xL4")
+			},
 			want: []expectDevice{a100, a100, withNUMA(l4, 1), withNUMA(l4, 1)},
 		},
 		{
