@@ -41,6 +41,7 @@ func fullValues() map[string]any {
 		"cdiRoot":          "/etc/cdi",
 		"stateDir":         "/var/lib/hami",
 		"nvidiaDriverRoot": "/run/nvidia/driver",
+		"nvmlLibraryPath":  "/driver-root/usr/lib64/libnvidia-ml.so.1",
 		"nvidiaCDI":        map[string]any{"enabled": false, "kind": "nvidia.com/gpu"},
 		"kubeletPlugin": map[string]any{
 			"priorityClassName": "system-node-critical",
@@ -71,6 +72,7 @@ func fullValues() map[string]any {
 			},
 			"podAnnotations": map[string]any{"prometheus.io/scrape": "true", "prometheus.io/port": "9400"},
 			"podLabels":      map[string]any{"team": "platform"},
+			"simulate":       "",
 			"extraArgs":      []any{"--cleanup-interval=30s"},
 			"extraEnv":       []any{map[string]any{"name": "GODEBUG", "value": "madvdontneed=1"}},
 		},
@@ -82,7 +84,7 @@ func fullValues() map[string]any {
 			},
 			"models": []any{
 				map[string]any{
-					"name": "h100", "productName": "H100", "minMemory": "80Gi",
+					"name": "h100", "productName": "H100", "minMemory": "70Gi",
 					"extendedResourceName": "hami.io/h100",
 					"config":               map[string]any{"computePolicy": "HardCap"},
 				},
@@ -138,6 +140,15 @@ func pluginContainer(t *testing.T, objs []*unstructured.Unstructured) (ds *unstr
 	return ds, plugin, install
 }
 
+func initNames(ds *unstructured.Unstructured) []string {
+	inits, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "initContainers")
+	var names []string
+	for _, c := range inits {
+		names = append(names, c.(map[string]any)["name"].(string))
+	}
+	return names
+}
+
 func stringsOf(v any) []string {
 	var out []string
 	for _, s := range v.([]any) {
@@ -170,7 +181,8 @@ func TestRenderDefaults(t *testing.T) {
 		"--plugin-data-dir=/var/lib/kubelet/plugins/vgpu.hami.io",
 		"--cdi-root=/var/run/cdi",
 		"--state-dir=/var/lib/hami-dra",
-		"--libvgpu-host-path=/usr/local/hami-dra/0.1.0/libvgpu.so",
+		"--libvgpu-path=/usr/local/hami-dra/0.1.0/libvgpu.so",
+		"--nvml-library-path=/run/hami-dra-nvml/libnvidia-ml.so.1",
 		"--compose-nvidia-cdi=true",
 		"--nvidia-cdi-kind=nvidia.com/gpu",
 		"--metrics-port=8080",
@@ -231,7 +243,7 @@ func TestRenderDefaults(t *testing.T) {
 	for _, m := range mounts {
 		mm := m.(map[string]any)
 		name := mm["name"].(string)
-		if name == "driver-root" {
+		if _, isHost := hostPaths[name]; !isHost || name == "driver-root" {
 			continue
 		}
 		if mm["mountPath"] != hostPaths[name] {
@@ -249,6 +261,9 @@ func TestRenderDefaults(t *testing.T) {
 	}
 	if envs["LIBVGPU_VERSION"] != "0.1.0" || envs["LIBVGPU_HOST_DIR"] != "/usr/local/hami-dra" {
 		t.Errorf("install-libvgpu env %v", envs)
+	}
+	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu", "find-nvml"}) {
+		t.Errorf("init containers %v", got)
 	}
 
 	// DeviceClasses: CEL selectors and the cluster default config.
@@ -355,7 +370,8 @@ func TestRenderFullValues(t *testing.T) {
 		"--plugin-data-dir=/var/snap/microk8s/common/var/lib/kubelet/plugins/vgpu.hami.io",
 		"--cdi-root=/etc/cdi",
 		"--state-dir=/var/lib/hami",
-		"--libvgpu-host-path=/opt/hami-dra-host/0.1.0-rc.1/libvgpu.so",
+		"--libvgpu-path=/opt/hami-dra-host/0.1.0-rc.1/libvgpu.so",
+		"--nvml-library-path=/driver-root/usr/lib64/libnvidia-ml.so.1",
 		"--compose-nvidia-cdi=false",
 		"--metrics-port=9400",
 		"--health-port=9401",
@@ -365,6 +381,9 @@ func TestRenderFullValues(t *testing.T) {
 		if !slices.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
 		}
+	}
+	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu"}) {
+		t.Errorf("init containers %v: an explicit nvmlLibraryPath needs no search", got)
 	}
 	if slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--pod-uid") }) {
 		t.Error("--pod-uid passed with rolling updates disabled")
@@ -385,7 +404,7 @@ func TestRenderFullValues(t *testing.T) {
 		t.Errorf("default class params %v", p)
 	}
 	h100 := Find(objs, KindDeviceClass, "h100.vgpu.hami.io")
-	if got := celOf(t, h100); !strings.HasSuffix(got, `&& device.capacity["vgpu.hami.io"].memory.compareTo(quantity("80Gi")) >= 0`) {
+	if got := celOf(t, h100); !strings.HasSuffix(got, `&& device.capacity["vgpu.hami.io"].memory.compareTo(quantity("70Gi")) >= 0`) {
 		t.Errorf("h100 selector %s", got)
 	}
 	if p := classParams(t, h100); p["computePolicy"] != "HardCap" || p["logLevel"] != int64(2) {
@@ -408,6 +427,20 @@ func TestRenderOptional(t *testing.T) {
 	})
 	if got := kindsOf(objs); !slices.Equal(got, []string{"DaemonSet/hami-dra-kubelet-plugin"}) {
 		t.Errorf("rendered %v, want only the DaemonSet", got)
+	}
+	// Simulated GPUs: no NVML, no toolkit CDI devices.
+	objs = mustRender(t, map[string]any{"kubeletPlugin": map[string]any{"simulate": "4xA100-80GB,2xL4", "nodeSelector": map[string]any{"nvidia.com/gpu.present": nil}}})
+	ds, plugin, _ := pluginContainer(t, objs)
+	args := stringsOf(plugin["args"])
+	if !slices.Contains(args, "--simulate=4xA100-80GB,2xL4") || !slices.Contains(args, "--compose-nvidia-cdi=false") ||
+		slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--nvml-library-path") }) {
+		t.Errorf("simulated args %q", args)
+	}
+	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu"}) {
+		t.Errorf("simulated init containers %v", got)
+	}
+	if sel, found, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec", "nodeSelector"); found {
+		t.Errorf("empty nodeSelector rendered as %v", sel)
 	}
 	objs = mustRender(t, map[string]any{"defaults": map[string]any{"computePolicy": ""}})
 	if cfg, found, _ := unstructured.NestedSlice(Find(objs, KindDeviceClass, "vgpu.hami.io").Object, "spec", "config"); found {
@@ -562,11 +595,84 @@ func TestInstallLibvgpu(t *testing.T) {
 	}
 }
 
+// TestFindNVML runs the find-nvml init container's script against a fake
+// driver root.
+func TestFindNVML(t *testing.T) {
+	dir, err := Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(dir, "files", "find-nvml.sh")
+	tmp := t.TempDir()
+	root := filepath.Join(tmp, "root")
+	lib := filepath.Join(root, "usr", "lib", "x86_64-linux-gnu")
+	if err := os.MkdirAll(lib, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(lib, "libnvidia-ml.so.580.82.07"), []byte("nvml"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("libnvidia-ml.so.580.82.07", filepath.Join(lib, "libnvidia-ml.so.1")); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(tmp, "nvml", "libnvidia-ml.so.1")
+	run := func(root string) (string, error) {
+		cmd := exec.Command("/bin/sh", script)
+		cmd.Env = append(os.Environ(), "NVIDIA_DRIVER_ROOT="+root, "NVML_LINK="+link)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for i := 0; i < 2; i++ { // idempotent: a restarted pod runs it again
+		if out, err := run(root); err != nil {
+			t.Fatalf("run %d: %v\n%s", i, err, out)
+		}
+	}
+	if data, err := os.ReadFile(link); err != nil || string(data) != "nvml" {
+		t.Fatalf("link resolves to %q, %v", data, err)
+	}
+	if out, err := run(filepath.Join(tmp, "empty")); err == nil || !strings.Contains(out, "no libnvidia-ml.so.1") {
+		t.Fatalf("missing driver: %v\n%s", err, out)
+	}
+}
+
+// TestDockerfileMatchesChart checks the paths the chart relies on against
+// the image's Dockerfile (which cannot be built here).
+func TestDockerfileMatchesChart(t *testing.T) {
+	dir, err := Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "..", "..", "container", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(data)
+	_, plugin, install := pluginContainer(t, mustRender(t, nil))
+	if cmd := stringsOf(plugin["command"]); !strings.Contains(df, "COPY --from=plugin /out/vgpu-kubelet-plugin "+cmd[0]+"\n") {
+		t.Errorf("the image does not install the plugin at %s", cmd[0])
+	}
+	var src string
+	ie, _, _ := unstructured.NestedSlice(install, "env")
+	for _, e := range ie {
+		if em := e.(map[string]any); em["name"] == "LIBVGPU_SRC_DIR" {
+			src = em["value"].(string)
+		}
+	}
+	if !strings.Contains(df, " "+src+"/libvgpu.so.${VERSION}\n") {
+		t.Errorf("the image does not carry %s/libvgpu.so.${VERSION}", src)
+	}
+	for _, want := range []string{"-trimpath", "SOURCE_DATE_EPOCH", "CGO_ENABLED=1", "make -C vgpu-core all", "vgpu-core/build/libvgpu.so"} {
+		if !strings.Contains(df, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+}
+
 // TestExamplesParse checks every example is well-formed YAML with kinds the
 // API server knows (TestAPIServer applies them).
 func TestExamplesParse(t *testing.T) {
 	objs := examples(t)
-	if len(objs) < 14 {
+	if len(objs) < 13 {
 		t.Errorf("only %d example objects", len(objs))
 	}
 }
