@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -15,11 +16,17 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/validating"
+	"k8s.io/apiserver/pkg/cel/openapi/resolver"
 	etcd3testing "k8s.io/apiserver/pkg/storage/etcd3/testing"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
 	dracel "k8s.io/dynamic-resource-allocation/cel"
 	apiservertesting "k8s.io/kubernetes/cmd/kube-apiserver/app/testing"
 	"k8s.io/utils/ptr"
@@ -114,9 +121,59 @@ func TestAPIServer(t *testing.T) {
 			t.Fatalf("broken CEL accepted or unexpected error: %v", err)
 		}
 	})
+	t.Run("admission policy type-checks", func(t *testing.T) {
+		testPolicyTypeCheck(t, cfg)
+	})
+	t.Run("no API warnings", func(t *testing.T) {
+		warned := &warnings{}
+		wcfg := rest.CopyConfig(cfg)
+		wcfg.WarningHandler = warned
+		for _, values := range []map[string]any{nil, fullValues()} {
+			if err := Apply(ctx, wcfg, mustRender(t, values), ApplyOptions{DryRun: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(warned.texts) > 0 {
+			t.Errorf("the API server warned: %q", warned.texts)
+		}
+	})
 	t.Run("plugin identity", func(t *testing.T) {
 		testPluginIdentity(ctx, t, cfg, admin)
 	})
+}
+
+type warnings struct{ texts []string }
+
+func (w *warnings) HandleWarningHeader(code int, agent, text string) {
+	w.texts = append(w.texts, text)
+}
+
+// testPolicyTypeCheck runs the type checker of kube-controller-manager's
+// ValidatingAdmissionPolicy status controller (which fills
+// status.typeChecking in a real cluster) over the chart's policy, with the
+// live API server's OpenAPI schemas: every expression must type-check
+// against ResourceSlice of every served version.
+func testPolicyTypeCheck(t *testing.T, cfg *rest.Config) {
+	objs := mustRender(t, nil)
+	u := Find(objs, KindValidatingAdmissionPolicy, "hami-dra-resourceslices")
+	var policy admissionregistrationv1.ValidatingAdmissionPolicy
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &policy); err != nil {
+		t.Fatal(err)
+	}
+	disc := discovery.NewDiscoveryClientForConfigOrDie(cfg)
+	checker := &validating.TypeChecker{
+		SchemaResolver: &resolver.ClientDiscoveryResolver{Discovery: disc},
+		RestMapper:     restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc)),
+	}
+	if w := checker.Check(&policy); len(w) > 0 {
+		t.Errorf("type checking warnings: %+v", w)
+	}
+	// The checker does catch mistakes.
+	broken := policy.DeepCopy()
+	broken.Spec.Validations[1].Expression = "object.spec.nodeNam == variables.userNodeName"
+	if w := checker.Check(broken); len(w) == 0 {
+		t.Error("a misspelt field passed type checking; the check above proves nothing")
+	}
 }
 
 const (
