@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/admission/plugin/policy/validating"
 	"k8s.io/apiserver/pkg/cel/openapi/resolver"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
@@ -46,6 +48,8 @@ func startAPIServer(t *testing.T) *rest.Config {
 		"--authorization-mode=RBAC",
 		// As on every real cluster: the plugin must run privileged.
 		"--allow-privileged=true",
+		// Serve an older DRA version too, to show the policy covers it.
+		"--runtime-config=resource.k8s.io/v1beta2=true",
 		// Hand-made Nodes would otherwise be tainted not-ready.
 		"--disable-admission-plugins=TaintNodesByCondition",
 	}, storage)
@@ -250,7 +254,9 @@ func testPluginIdentity(ctx context.Context, t *testing.T, cfg *rest.Config, adm
 		c.BearerToken = tok
 		return kubernetes.NewForConfigOrDie(c)
 	}
-	plugin := clientFor(token(true))
+	pluginCfg := rest.AnonymousClientConfig(cfg)
+	pluginCfg.BearerToken = token(true)
+	plugin := kubernetes.NewForConfigOrDie(pluginCfg)
 
 	// The pod-bound token carries node A.
 	review, err := plugin.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
@@ -322,6 +328,29 @@ func testPluginIdentity(ctx context.Context, t *testing.T, cfg *rest.Config, adm
 		}
 		if err := slices.Delete(ctx, theirs.Name, metav1.DeleteOptions{}); !denied(err, otherNodeMsg) {
 			t.Errorf("delete of node B's slice: %v", err)
+		}
+		// Other served versions of the API are converted and checked too
+		// (matchPolicy Equivalent).
+		pluginDyn := dynamic.NewForConfigOrDie(pluginCfg)
+		for _, version := range []string{"v1beta2"} {
+			gv := schema.GroupVersion{Group: "resource.k8s.io", Version: version}
+			if _, err := admin.Discovery().ServerResourcesForGroupVersion(gv.String()); err != nil {
+				t.Logf("%s not served, not checked: %v", gv, err)
+				continue
+			}
+			obj := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": gv.String(), "kind": "ResourceSlice",
+				"metadata": map[string]any{"name": "beta-b"},
+				"spec": map[string]any{
+					"driver": "vgpu.hami.io", "nodeName": nodeB,
+					"pool":    map[string]any{"name": nodeB, "generation": int64(1), "resourceSliceCount": int64(1)},
+					"devices": []any{map[string]any{"name": "gpu-0"}},
+				},
+			}}
+			_, err := pluginDyn.Resource(gv.WithResource("resourceslices")).Create(ctx, obj, metav1.CreateOptions{})
+			if !denied(err, otherNodeMsg) {
+				t.Errorf("create for node B through %s: %v", gv, err)
+			}
 		}
 		// Neither may it publish slices for all nodes.
 		all := testSlice("all-nodes", nodeA)
