@@ -225,25 +225,19 @@ func testPluginIdentity(ctx context.Context, t *testing.T, cfg *rest.Config, adm
 			t.Fatal(err)
 		}
 	}
-	// The plugin's pod, bound to node A as the DaemonSet controller and the
-	// scheduler would bind it.
-	pod, err := admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "kubelet-plugin-a"},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: saName,
-			NodeName:           nodeA,
-			Containers:         []corev1.Container{{Name: "plugin", Image: "registry.example.com/hami-dra:test"}},
-		},
-	}, metav1.CreateOptions{})
+	// The plugin's identity on node A, as the DaemonSet's pod there has it.
+	pluginCfg, err := PluginIdentity(ctx, cfg, objs, nodeA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	token := func(bound bool) string {
-		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}
-		if bound {
-			req.Spec.BoundObjectRef = &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
-		}
-		tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, saName, req, metav1.CreateOptions{})
+	plugin := kubernetes.NewForConfigOrDie(pluginCfg)
+	pod, err := admin.CoreV1().Pods(ns).Get(ctx, "hami-dra-kubelet-plugin-"+nodeA, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A token of the same ServiceAccount that is not bound to a pod.
+	token := func() string {
+		tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, saName, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatalf("token request: %v", err)
 		}
@@ -254,9 +248,6 @@ func testPluginIdentity(ctx context.Context, t *testing.T, cfg *rest.Config, adm
 		c.BearerToken = tok
 		return kubernetes.NewForConfigOrDie(c)
 	}
-	pluginCfg := rest.AnonymousClientConfig(cfg)
-	pluginCfg.BearerToken = token(true)
-	plugin := kubernetes.NewForConfigOrDie(pluginCfg)
 
 	// The pod-bound token carries node A.
 	review, err := plugin.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
@@ -361,7 +352,7 @@ func testPluginIdentity(ctx context.Context, t *testing.T, cfg *rest.Config, adm
 		}
 	})
 	t.Run("token without node", func(t *testing.T) {
-		unbound := clientFor(token(false))
+		unbound := clientFor(token())
 		_, err := unbound.ResourceV1().ResourceSlices().Create(ctx, testSlice("unbound", nodeA), metav1.CreateOptions{})
 		if !denied(err, "pod-bound service account token") {
 			t.Fatalf("create with a token not bound to a pod: %v", err)

@@ -517,6 +517,17 @@ func TestTemplateRejects(t *testing.T) {
 	}
 }
 
+func TestKubeVersion(t *testing.T) {
+	if _, err := RenderWithOptions(Options{KubeVersion: "v1.33.4"}, nil); err == nil || !strings.Contains(err.Error(), "kubeVersion") {
+		t.Errorf("rendering for Kubernetes 1.33: %v", err)
+	}
+	for _, v := range []string{"v1.34.0", "v1.36.2", "v1.37.1"} {
+		if _, err := RenderWithOptions(Options{KubeVersion: v}, nil); err != nil {
+			t.Errorf("rendering for %s: %v", v, err)
+		}
+	}
+}
+
 func TestLint(t *testing.T) {
 	for name, values := range map[string]map[string]any{"defaults": nil, "full": fullValues()} {
 		t.Run(name, func(t *testing.T) {
