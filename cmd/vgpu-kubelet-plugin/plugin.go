@@ -58,6 +58,17 @@ func runPlugin(ctx context.Context, opts options) error {
 	if opts.rediscoverInterval <= 0 {
 		return fmt.Errorf("--rediscover-interval must be positive, got %v", opts.rediscoverInterval)
 	}
+	// Probes and metrics come up first: the startup probe must answer
+	// while the plugin discovers GPUs and registers with the kubelet.
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	var ready readiness
+	if err := serveHTTP(serveCtx, "health", opts.healthPort, healthHandler(&ready)); err != nil {
+		return err
+	}
+	if err := serveHTTP(serveCtx, "metrics", opts.metricsPort, metricsHandler()); err != nil {
+		return err
+	}
 	d, err := openDiscoverer(ctx, opts)
 	if err != nil {
 		return err
@@ -73,6 +84,7 @@ func runPlugin(ctx context.Context, opts options) error {
 	}
 	res, published := inventory.Build(ctx, opts.nodeName, gpus)
 	logger.Info("GPUs discovered", "found", len(gpus), "published", len(published))
+	recordInventory(len(gpus), len(published))
 
 	client, err := newKubeClient(opts.kubeconfig)
 	if err != nil {
@@ -83,10 +95,14 @@ func runPlugin(ctx context.Context, opts options) error {
 		return fmt.Errorf("start driver: %w", err)
 	}
 	defer p.Stop()
-	if err := p.PublishResources(ctx, res); err != nil {
+	err = p.PublishResources(ctx, res)
+	recordPublish(err)
+	if err != nil {
 		return fmt.Errorf("publish ResourceSlices: %w", err)
 	}
 	logger.Info("ResourceSlices published", "devices", len(published))
+	ready.ready.Store(true)
+	defer ready.ready.Store(false)
 
 	ticker := time.NewTicker(opts.rediscoverInterval)
 	defer ticker.Stop()
@@ -109,6 +125,8 @@ func driverConfig(opts options, client kubernetes.Interface) driver.Config {
 		NvidiaCDIKind:    opts.nvidiaCDIKind,
 		DeviceName:       inventory.DeviceName,
 		CleanupInterval:  opts.cleanupInterval,
+		// Not wired yet: opts.podUID needs a Config field that the driver
+		// passes to kubeletplugin.RollingUpdate.
 	}
 }
 
@@ -129,16 +147,20 @@ func republishLoop(ctx context.Context, d discovery.Discoverer, p plugin, nodeNa
 		}
 		gpus, err := d.Discover(ctx)
 		if err != nil {
+			discoveryErrorsCounter.Inc()
 			logger.Error(err, "Re-discovering GPUs failed; keeping the published inventory")
 			continue
 		}
 		next, published := inventory.Build(ctx, nodeName, gpus)
+		recordInventory(len(gpus), len(published))
 		if inventory.Equal(current, next) {
 			continue
 		}
 		logger.Info("GPU inventory changed; republishing", "devices", len(published))
 		p.UpdateGPUs(published)
-		if err := p.PublishResources(ctx, next); err != nil {
+		err = p.PublishResources(ctx, next)
+		recordPublish(err)
+		if err != nil {
 			// Retried on the next tick: current stays the old inventory.
 			logger.Error(err, "Republishing ResourceSlices failed")
 			continue

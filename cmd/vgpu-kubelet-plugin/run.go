@@ -44,6 +44,9 @@ type options struct {
 	simulate           string
 	nvmlLibraryPath    string
 	sysfsRoot          string
+	podUID             string
+	healthPort         int
+	metricsPort        int
 
 	// composeNvidiaCDISet tells an explicit --compose-nvidia-cdi from the
 	// default, which depends on --simulate.
@@ -69,6 +72,9 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.StringVar(&opts.simulate, "simulate", "", "simulate GPUs instead of using NVML: a profile file (path or *.yaml) or inline, e.g. 8xH100-80GB or 4xA100-80GB,2xL4")
 	fs.StringVar(&opts.nvmlLibraryPath, "nvml-library-path", "", "path of libnvidia-ml.so.1 (default: the dynamic loader's search path)")
 	fs.StringVar(&opts.sysfsRoot, "sysfs-root", "/sys", "where the host's /sys is mounted; used for PCIe topology")
+	fs.StringVar(&opts.podUID, "pod-uid", "", "UID of the plugin's pod (downward API), for seamless rolling updates of the plugin")
+	fs.IntVar(&opts.healthPort, "health-port", 0, "port serving /healthz and /readyz (ready once ResourceSlices are published); 0 disables")
+	fs.IntVar(&opts.metricsPort, "metrics-port", 0, "port serving Prometheus /metrics; 0 disables")
 	logConfig.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  %s [flags]            run the kubelet plugin\n  %s inventory [flags]  print the ResourceSlices this node would publish and exit\n\nKnown simulated models: %v\n\nFlags:\n", name, name, discovery.KnownModelNames())

@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -134,6 +140,47 @@ func TestInventoryIsStable(t *testing.T) {
 	}
 }
 
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func httpGet(t *testing.T, port int, path string) int {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func httpBody(t *testing.T, port int, path string) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("condition not met in 5s")
+}
+
 // fakePlugin stands in for the driver.
 type fakePlugin struct {
 	mu        sync.Mutex
@@ -201,8 +248,10 @@ func TestPluginStartsPublishesAndStops(t *testing.T) {
 	defer cancel()
 	done := make(chan int)
 	var stderr bytes.Buffer
+	healthPort, metricsPort := freePort(t), freePort(t)
 	go func() {
-		done <- run(ctx, []string{"--simulate", "2xL4", "--node-name", "n1", "--state-dir", "/tmp/state"}, &bytes.Buffer{}, &stderr)
+		done <- run(ctx, []string{"--simulate", "2xL4", "--node-name", "n1", "--state-dir", "/tmp/state",
+			"--health-port", strconv.Itoa(healthPort), "--metrics-port", strconv.Itoa(metricsPort)}, &bytes.Buffer{}, &stderr)
 	}()
 	select {
 	case <-p.published:
@@ -210,6 +259,14 @@ func TestPluginStartsPublishesAndStops(t *testing.T) {
 		t.Fatalf("exited with %d before publishing:\n%s", code, stderr.String())
 	case <-time.After(10 * time.Second):
 		t.Fatal("nothing published")
+	}
+	// Readiness follows the first publication (set right after it returns).
+	waitFor(t, func() bool { return httpGet(t, healthPort, "/readyz") == http.StatusOK })
+	if code := httpGet(t, healthPort, "/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d", code)
+	}
+	if body := httpBody(t, metricsPort, "/metrics"); !strings.Contains(body, `hami_dra_gpus{state="published"} 2`) {
+		t.Errorf("/metrics lacks the published GPU count:\n%s", body)
 	}
 	cancel()
 	if code := <-done; code != exitOK {
@@ -317,5 +374,26 @@ func TestRepublishLoop(t *testing.T) {
 	}
 	if len(p.updates) != 2 || len(p.updates[0]) != 1 || len(p.updates[1]) != 2 {
 		t.Errorf("driver updates %v", p.updates)
+	}
+}
+
+func TestReadiness(t *testing.T) {
+	var r readiness
+	h := healthHandler(&r)
+	for _, tc := range []struct {
+		ready bool
+		path  string
+		want  int
+	}{
+		{false, "/healthz", http.StatusOK},
+		{false, "/readyz", http.StatusServiceUnavailable},
+		{true, "/readyz", http.StatusOK},
+	} {
+		r.ready.Store(tc.ready)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+		if rec.Code != tc.want {
+			t.Errorf("ready=%v %s: %d, want %d", tc.ready, tc.path, rec.Code, tc.want)
+		}
 	}
 }
