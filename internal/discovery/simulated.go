@@ -38,7 +38,7 @@ func NewSimulated(nodeName string, profile Profile) (*SimulatedDiscoverer, error
 func (d *SimulatedDiscoverer) Discover(ctx context.Context) ([]GPU, error) {
 	driverVersion := firstNonEmpty(d.profile.DriverVersion, DefaultSimulatedDriverVersion)
 	cudaVersion := firstNonEmpty(d.profile.CUDADriverVersion, DefaultSimulatedCUDADriverVersion)
-	domain, baseBus := simulatedPCIBase(d.nodeName)
+	domain, baseBus, device := simulatedPCIBase(d.nodeName)
 	gpus := make([]GPU, 0, len(d.gpus))
 	for i, sim := range d.gpus {
 		// 0x11 is odd, so i*0x11 mod 256 is distinct for up to 256 GPUs.
@@ -57,7 +57,7 @@ func (d *SimulatedDiscoverer) Discover(ctx context.Context) ([]GPU, error) {
 			DriverVersion:         driverVersion,
 			CUDADriverVersion:     cudaVersion,
 			MemoryBytes:           sim.MemoryBytes,
-			PCIBusID:              fmt.Sprintf("%04x:%02x:00.0", domain, bus),
+			PCIBusID:              fmt.Sprintf("%04x:%02x:%02x.0", domain, bus, device),
 			PCIeRoot:              fmt.Sprintf("pci%04x:%02x", domain, rootBus),
 			NUMANode:              i * 2 / max(len(d.gpus), 2),
 			MIGEnabled:            sim.MIGEnabled,
@@ -78,9 +78,11 @@ func SimulatedUUID(nodeName string, index int, productName string) string {
 	return fmt.Sprintf("GPU-%x-%x-%x-%x-%x", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])
 }
 
-// simulatedPCIBase derives a PCI domain and first bus from the node name so
-// that bus IDs are stable on a node and differ between nodes.
-func simulatedPCIBase(nodeName string) (domain, bus uint32) {
+// simulatedPCIBase derives a PCI domain, first bus and device number from
+// the node name, so that bus IDs are stable on a node and differ between
+// nodes: 29 bits of the name's hash go into them, which leaves two 8-GPU
+// nodes a chance of about 3 in 10^8 to share an address.
+func simulatedPCIBase(nodeName string) (domain, bus, device uint32) {
 	sum := sha256.Sum256([]byte("hami-dra/simulated-pci\x00" + nodeName))
-	return uint32(binary.BigEndian.Uint16(sum[0:2])), uint32(sum[2])
+	return uint32(binary.BigEndian.Uint16(sum[0:2])), uint32(sum[2]), uint32(sum[3] & 0x1f)
 }

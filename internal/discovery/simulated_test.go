@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"regexp"
 	"testing"
 
@@ -118,5 +119,34 @@ func TestSimulatedMIGAndVersions(t *testing.T) {
 	}
 	if _, err := NewSimulated("", p); err == nil {
 		t.Error("a simulated node without a name must be refused")
+	}
+}
+
+// TestSimulatedClusterIsUnique checks a benchmark-sized cluster: no UUID or
+// PCI address is used twice across 1,000 8-GPU nodes.
+func TestSimulatedClusterIsUnique(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	p, err := ParseInlineProfile("8xH100-80GB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uuids, buses := map[string]string{}, map[string]string{}
+	for i := range 1000 {
+		node := fmt.Sprintf("node-%d", i)
+		d, err := NewSimulated(node, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gpus, _ := d.Discover(ctx)
+		for _, g := range gpus {
+			if other, dup := uuids[g.UUID]; dup {
+				t.Fatalf("UUID %s on %s and %s", g.UUID, other, node)
+			}
+			uuids[g.UUID] = node
+			if other, dup := buses[g.PCIBusID]; dup {
+				t.Fatalf("PCI bus ID %s on %s and %s", g.PCIBusID, other, node)
+			}
+			buses[g.PCIBusID] = node
+		}
 	}
 }
