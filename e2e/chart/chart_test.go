@@ -679,6 +679,27 @@ func TestDockerfileMatchesChart(t *testing.T) {
 	}
 }
 
+// TestDockerfileParses runs BuildKit's Dockerfile front end (parser,
+// instruction checks and linter, through deployments/container/dockerfilecheck)
+// over the image's Dockerfile: no container engine is needed for that.
+func TestDockerfileParses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("compiles the BuildKit parser")
+	}
+	dir, err := Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	container := filepath.Join(dir, "..", "..", "container")
+	cmd := exec.Command("go", "run", ".", filepath.Join(container, "Dockerfile"))
+	cmd.Dir = filepath.Join(container, "dockerfilecheck")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("Dockerfile check: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}
+
 // TestExamplesParse checks every example is well-formed YAML with kinds the
 // API server knows (TestAPIServer applies them).
 func TestExamplesParse(t *testing.T) {
