@@ -3,6 +3,7 @@ package chart
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -87,3 +88,36 @@ func PluginIdentity(ctx context.Context, cfg *rest.Config, objs []*unstructured.
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// PluginArgs returns the command line the chart's DaemonSet gives the
+// kubelet plugin container (image entrypoint excluded), with the
+// downward-API references $(VAR) replaced from env as the kubelet would
+// (NODE_NAME, POD_UID, ...). A test can run the plugin binary with exactly
+// these flags, overriding host paths by appending its own.
+func PluginArgs(objs []*unstructured.Unstructured, env map[string]string) ([]string, error) {
+	for _, ds := range SelectKinds(objs, KindDaemonSet) {
+		containers, _, err := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range containers {
+			cm, ok := c.(map[string]any)
+			if !ok || cm["name"] != "plugin" {
+				continue
+			}
+			raw, _, err := unstructured.NestedStringSlice(cm, "args")
+			if err != nil {
+				return nil, err
+			}
+			args := make([]string, 0, len(raw))
+			for _, a := range raw {
+				for k, v := range env {
+					a = strings.ReplaceAll(a, "$("+k+")", v)
+				}
+				args = append(args, a)
+			}
+			return args, nil
+		}
+	}
+	return nil, fmt.Errorf("no DaemonSet with a plugin container in the rendering")
+}

@@ -43,12 +43,17 @@ var helpFlag = regexp.MustCompile(`(?m)^\s+-([a-z0-9][a-z0-9-]*)`)
 // with the downward-API variables filled in as the kubelet would.
 func pluginArgs(t *testing.T, values map[string]any) []string {
 	t.Helper()
-	_, plugin, _ := pluginContainer(t, mustRender(t, values))
-	r := strings.NewReplacer("$(NODE_NAME)", "gpu-node-1", "$(POD_UID)", "0b7d3a8e-2c4f-4a51-9d0e-5f6a7b8c9d01",
-		"$(POD_NAME)", "hami-dra-kubelet-plugin-abcde", "$(POD_NAMESPACE)", DefaultNamespace)
-	var args []string
-	for _, a := range stringsOf(plugin["args"]) {
-		args = append(args, r.Replace(a))
+	args, err := PluginArgs(mustRender(t, values), map[string]string{
+		"NODE_NAME": "gpu-node-1", "POD_UID": "0b7d3a8e-2c4f-4a51-9d0e-5f6a7b8c9d01",
+		"POD_NAME": "hami-dra-kubelet-plugin-abcde", "POD_NAMESPACE": DefaultNamespace,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range args {
+		if strings.Contains(a, "$(") {
+			t.Fatalf("unexpanded reference in %q", a)
+		}
 	}
 	return args
 }
