@@ -141,6 +141,9 @@ func TestAPIServer(t *testing.T) {
 			t.Errorf("the API server warned: %q", warned.texts)
 		}
 	})
+	t.Run("helm install, upgrade, uninstall", func(t *testing.T) {
+		testHelmInstall(ctx, t, cfg)
+	})
 	t.Run("plugin identity", func(t *testing.T) {
 		testPluginIdentity(ctx, t, cfg, admin)
 	})
