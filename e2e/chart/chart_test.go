@@ -8,91 +8,23 @@ import (
 	"strings"
 	"testing"
 
+	"helm.sh/helm/v4/pkg/chart/common"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
 
 // fullValues sets every value of the chart to something other than its
-// default.
+// default: the chart's ci/full-values.yaml.
 func fullValues() map[string]any {
-	return map[string]any{
-		"driverName": "vgpu.hami.io",
-		"image": map[string]any{
-			"repository": "registry.example.com/hami/hami-dra",
-			"tag":        "0.1.0",
-			"digest":     "sha256:" + strings.Repeat("ab", 32),
-			"pullPolicy": "Always",
-		},
-		"imagePullSecrets": []any{map[string]any{"name": "regcred"}},
-		"fullnameOverride": "hami",
-		"serviceAccount": map[string]any{
-			"create":      true,
-			"name":        "hami-plugin",
-			"annotations": map[string]any{"example.com/owner": "platform"},
-		},
-		"rbac":     map[string]any{"create": true, "nodeRestriction": true},
-		"logLevel": 5,
-		"defaults": map[string]any{"computePolicy": "BestEffort", "libvgpuLogLevel": 2},
-		"libvgpu": map[string]any{
-			"hostDir": "/opt/hami-dra-host/",
-			"version": "0.1.0-rc.1",
-		},
-		"kubeletDir":       "/var/snap/microk8s/common/var/lib/kubelet",
-		"cdiRoot":          "/etc/cdi",
-		"stateDir":         "/var/lib/hami",
-		"nvidiaDriverRoot": "/run/nvidia/driver",
-		"nvmlLibraryPath":  "/driver-root/usr/lib64/libnvidia-ml.so.1",
-		"nvidiaCDI":        map[string]any{"enabled": false, "kind": "nvidia.com/gpu"},
-		"kubeletPlugin": map[string]any{
-			"priorityClassName": "system-node-critical",
-			"nodeSelector":      map[string]any{"example.com/gpu": "nvidia"},
-			"affinity": map[string]any{
-				"nodeAffinity": map[string]any{
-					"requiredDuringSchedulingIgnoredDuringExecution": map[string]any{
-						"nodeSelectorTerms": []any{map[string]any{
-							"matchExpressions": []any{map[string]any{
-								"key": "kubernetes.io/arch", "operator": "In", "values": []any{"amd64", "arm64"},
-							}},
-						}},
-					},
-				},
-			},
-			"tolerations": []any{
-				map[string]any{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-				map[string]any{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute", "tolerationSeconds": 60},
-			},
-			"rollingUpdate":                 map[string]any{"enabled": false},
-			"minReadySeconds":               10,
-			"metricsPort":                   9400,
-			"healthPort":                    9401,
-			"terminationGracePeriodSeconds": 60,
-			"resources": map[string]any{
-				"requests": map[string]any{"cpu": "100m", "memory": "128Mi"},
-				"limits":   map[string]any{"memory": "512Mi"},
-			},
-			"podAnnotations": map[string]any{"prometheus.io/scrape": "true", "prometheus.io/port": "9400"},
-			"podLabels":      map[string]any{"team": "platform"},
-			"simulate":       "",
-			"extraArgs":      []any{"--cleanup-interval=30s"},
-			"extraEnv":       []any{map[string]any{"name": "GODEBUG", "value": "madvdontneed=1"}},
-		},
-		"deviceClasses": map[string]any{
-			"default": map[string]any{
-				"enabled":              true,
-				"name":                 "gpu.vgpu.hami.io",
-				"extendedResourceName": "hami.io/gpu",
-			},
-			"models": []any{
-				map[string]any{
-					"name": "h100", "productName": "H100", "minMemory": "70Gi",
-					"extendedResourceName": "hami.io/h100",
-					"config":               map[string]any{"computePolicy": "HardCap"},
-				},
-				map[string]any{"name": "l4", "productName": "L4", "config": map[string]any{"logLevel": 3}},
-				map[string]any{"name": "a100-40g", "productName": "A100", "minMemory": 40000000000},
-			},
-		},
+	dir, err := Dir()
+	if err != nil {
+		panic(err)
 	}
+	vals, err := common.ReadValuesFile(filepath.Join(dir, "ci", "full-values.yaml"))
+	if err != nil {
+		panic(err)
+	}
+	return vals.AsMap()
 }
 
 func mustRender(t *testing.T, values map[string]any) []*unstructured.Unstructured {
