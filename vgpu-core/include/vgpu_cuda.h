@@ -1,0 +1,158 @@
+/* The subset of the CUDA driver API that libvgpu and the fake driver use.
+ * Declared here so nothing needs the CUDA toolkit to build. Layouts follow
+ * the driver ABI (x86_64/aarch64 LP64). */
+#ifndef VGPU_CUDA_H
+#define VGPU_CUDA_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef int CUresult;
+enum {
+    CUDA_SUCCESS = 0,
+    CUDA_ERROR_INVALID_VALUE = 1,
+    CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_NOT_INITIALIZED = 3,
+    CUDA_ERROR_NO_DEVICE = 100,
+    CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_INVALID_CONTEXT = 201,
+    CUDA_ERROR_INVALID_HANDLE = 400,
+    CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_NOT_READY = 600,
+    CUDA_ERROR_NOT_SUPPORTED = 801,
+    CUDA_ERROR_UNKNOWN = 999,
+};
+
+typedef int CUdevice;
+typedef uint64_t CUdeviceptr;
+typedef uint64_t cuuint64_t;
+typedef struct CUctx_st *CUcontext;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
+typedef struct CUstream_st *CUstream;
+typedef struct CUevent_st *CUevent;
+typedef struct CUarray_st *CUarray;
+typedef struct CUmipmappedArray_st *CUmipmappedArray;
+typedef struct CUmemPoolHandle_st *CUmemoryPool;
+typedef struct CUgraphExec_st *CUgraphExec;
+typedef uint64_t CUmemGenericAllocationHandle;
+
+typedef struct { char bytes[16]; } CUuuid;
+
+typedef enum {
+    CU_AD_FORMAT_UNSIGNED_INT8 = 0x01, CU_AD_FORMAT_UNSIGNED_INT16 = 0x02,
+    CU_AD_FORMAT_UNSIGNED_INT32 = 0x03, CU_AD_FORMAT_SIGNED_INT8 = 0x08,
+    CU_AD_FORMAT_SIGNED_INT16 = 0x09, CU_AD_FORMAT_SIGNED_INT32 = 0x0a,
+    CU_AD_FORMAT_HALF = 0x10, CU_AD_FORMAT_FLOAT = 0x20,
+} CUarray_format;
+
+typedef struct {
+    size_t Width, Height;
+    CUarray_format Format;
+    unsigned int NumChannels;
+} CUDA_ARRAY_DESCRIPTOR;
+
+typedef struct {
+    size_t Width, Height, Depth;
+    CUarray_format Format;
+    unsigned int NumChannels;
+    unsigned int Flags;
+} CUDA_ARRAY3D_DESCRIPTOR;
+
+typedef struct { int type; int id; } CUmemLocation;
+typedef struct {
+    int type;                 /* CU_MEM_ALLOCATION_TYPE_PINNED = 1 */
+    int requestedHandleTypes;
+    CUmemLocation location;   /* type 1 = device, id = ordinal */
+    void *win32HandleMetaData;
+    struct {
+        unsigned char compressionType, gpuDirectRDMACapable;
+        unsigned short usage;
+        unsigned char reserved[4];
+    } allocFlags;
+} CUmemAllocationProp;
+
+typedef struct CUlaunchAttribute_st { int id; char pad[4]; char value[64]; } CUlaunchAttribute;
+typedef struct {
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    CUstream hStream;
+    CUlaunchAttribute *attrs;
+    unsigned int numAttrs;
+} CUlaunchConfig;
+
+typedef int CUdriverProcAddressQueryResult;
+#define CU_GET_PROC_ADDRESS_DEFAULT 0
+#define CU_GET_PROC_ADDRESS_LEGACY_STREAM 1
+#define CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM 2
+#define CU_EVENT_DEFAULT 0
+#define CU_EVENT_BLOCKING_SYNC 1
+#define CU_EVENT_DISABLE_TIMING 2
+#define CU_STREAM_NON_BLOCKING 1
+#define CU_MEM_ATTACH_GLOBAL 1
+
+/* Prototypes: the hooks in libvgpu and the fake driver both define these. */
+#define VGPU_CUDA_PROTOS(X) \
+X(CUresult, cuInit, (unsigned int flags)) \
+X(CUresult, cuDriverGetVersion, (int *v)) \
+X(CUresult, cuDeviceGet, (CUdevice *d, int ordinal)) \
+X(CUresult, cuDeviceGetCount, (int *n)) \
+X(CUresult, cuDeviceGetUuid, (CUuuid *u, CUdevice d)) \
+X(CUresult, cuDeviceGetUuid_v2, (CUuuid *u, CUdevice d)) \
+X(CUresult, cuDeviceGetPCIBusId, (char *buf, int len, CUdevice d)) \
+X(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice d)) \
+X(CUresult, cuCtxCreate_v2, (CUcontext *c, unsigned int flags, CUdevice d)) \
+X(CUresult, cuCtxDestroy_v2, (CUcontext c)) \
+X(CUresult, cuCtxSetCurrent, (CUcontext c)) \
+X(CUresult, cuCtxGetCurrent, (CUcontext *c)) \
+X(CUresult, cuCtxGetDevice, (CUdevice *d)) \
+X(CUresult, cuCtxSynchronize, (void)) \
+X(CUresult, cuDevicePrimaryCtxRetain, (CUcontext *c, CUdevice d)) \
+X(CUresult, cuDevicePrimaryCtxRelease_v2, (CUdevice d)) \
+X(CUresult, cuGetProcAddress, (const char *sym, void **pfn, int ver, cuuint64_t flags)) \
+X(CUresult, cuGetProcAddress_v2, (const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st)) \
+X(CUresult, cuMemAlloc_v2, (CUdeviceptr *p, size_t n)) \
+X(CUresult, cuMemAllocPitch_v2, (CUdeviceptr *p, size_t *pitch, size_t w, size_t h, unsigned int esz)) \
+X(CUresult, cuMemAllocManaged, (CUdeviceptr *p, size_t n, unsigned int flags)) \
+X(CUresult, cuMemAllocAsync, (CUdeviceptr *p, size_t n, CUstream s)) \
+X(CUresult, cuMemAllocAsync_ptsz, (CUdeviceptr *p, size_t n, CUstream s)) \
+X(CUresult, cuMemAllocFromPoolAsync, (CUdeviceptr *p, size_t n, CUmemoryPool pool, CUstream s)) \
+X(CUresult, cuMemAllocFromPoolAsync_ptsz, (CUdeviceptr *p, size_t n, CUmemoryPool pool, CUstream s)) \
+X(CUresult, cuMemCreate, (CUmemGenericAllocationHandle *h, size_t n, const CUmemAllocationProp *prop, unsigned long long flags)) \
+X(CUresult, cuArrayCreate_v2, (CUarray *a, const CUDA_ARRAY_DESCRIPTOR *d)) \
+X(CUresult, cuArray3DCreate_v2, (CUarray *a, const CUDA_ARRAY3D_DESCRIPTOR *d)) \
+X(CUresult, cuMipmappedArrayCreate, (CUmipmappedArray *a, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels)) \
+X(CUresult, cuMemFree_v2, (CUdeviceptr p)) \
+X(CUresult, cuMemFreeAsync, (CUdeviceptr p, CUstream s)) \
+X(CUresult, cuMemFreeAsync_ptsz, (CUdeviceptr p, CUstream s)) \
+X(CUresult, cuMemRelease, (CUmemGenericAllocationHandle h)) \
+X(CUresult, cuArrayDestroy, (CUarray a)) \
+X(CUresult, cuMipmappedArrayDestroy, (CUmipmappedArray a)) \
+X(CUresult, cuMemGetInfo_v2, (size_t *free_b, size_t *total_b)) \
+X(CUresult, cuMemHostAlloc, (void **p, size_t n, unsigned int flags)) \
+X(CUresult, cuMemFreeHost, (void *p)) \
+X(CUresult, cuModuleGetFunction, (CUfunction *f, CUmodule m, const char *name)) \
+X(CUresult, cuLaunchKernel, (CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shm, CUstream s, void **params, void **extra)) \
+X(CUresult, cuLaunchKernel_ptsz, (CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shm, CUstream s, void **params, void **extra)) \
+X(CUresult, cuLaunchKernelEx, (const CUlaunchConfig *cfg, CUfunction f, void **params, void **extra)) \
+X(CUresult, cuLaunchKernelEx_ptsz, (const CUlaunchConfig *cfg, CUfunction f, void **params, void **extra)) \
+X(CUresult, cuLaunchCooperativeKernel, (CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shm, CUstream s, void **params)) \
+X(CUresult, cuLaunchCooperativeKernel_ptsz, (CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shm, CUstream s, void **params)) \
+X(CUresult, cuGraphLaunch, (CUgraphExec g, CUstream s)) \
+X(CUresult, cuGraphLaunch_ptsz, (CUgraphExec g, CUstream s)) \
+X(CUresult, cuStreamCreate, (CUstream *s, unsigned int flags)) \
+X(CUresult, cuStreamDestroy_v2, (CUstream s)) \
+X(CUresult, cuStreamSynchronize, (CUstream s)) \
+X(CUresult, cuEventCreate, (CUevent *e, unsigned int flags)) \
+X(CUresult, cuEventDestroy_v2, (CUevent e)) \
+X(CUresult, cuEventRecord, (CUevent e, CUstream s)) \
+X(CUresult, cuEventQuery, (CUevent e)) \
+X(CUresult, cuEventSynchronize, (CUevent e)) \
+X(CUresult, cuEventElapsedTime, (float *ms, CUevent a, CUevent b))
+
+#define VGPU_DECLARE_PROTO(ret, name, args) ret name args;
+#pragma GCC visibility push(default)
+VGPU_CUDA_PROTOS(VGPU_DECLARE_PROTO)
+#pragma GCC visibility pop
+
+#endif

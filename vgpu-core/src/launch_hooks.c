@@ -1,0 +1,54 @@
+/* Every kernel launch path. Without a compute limit the hook is one load and
+ * one predictable branch in front of the driver call. */
+#include "dispatch.h"
+#include "limiter.h"
+
+#define LAUNCH(stream, call)                                             \
+    do {                                                                 \
+        if (__builtin_expect(vgpu_lim_active, 0)) {                      \
+            vgpu_lim_before_launch(stream);                              \
+            CUresult r_ = call;                                          \
+            vgpu_lim_after_launch(stream, r_);                           \
+            return r_;                                                   \
+        }                                                                \
+        return call;                                                     \
+    } while (0)
+
+VGPU_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                    unsigned by, unsigned bz, unsigned shm, CUstream s, void **params, void **extra)
+{
+    LAUNCH(s, REAL(cuLaunchKernel)(f, gx, gy, gz, bx, by, bz, shm, s, params, extra));
+}
+
+VGPU_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                         unsigned by, unsigned bz, unsigned shm, CUstream s, void **params,
+                                         void **extra)
+{
+    LAUNCH(s, REAL(cuLaunchKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shm, s, params, extra));
+}
+
+VGPU_EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *cfg, CUfunction f, void **params, void **extra)
+{
+    LAUNCH(cfg ? cfg->hStream : 0, REAL(cuLaunchKernelEx)(cfg, f, params, extra));
+}
+
+VGPU_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *cfg, CUfunction f, void **params, void **extra)
+{
+    LAUNCH(cfg ? cfg->hStream : 0, REAL(cuLaunchKernelEx_ptsz)(cfg, f, params, extra));
+}
+
+VGPU_EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                               unsigned by, unsigned bz, unsigned shm, CUstream s, void **params)
+{
+    LAUNCH(s, REAL(cuLaunchCooperativeKernel)(f, gx, gy, gz, bx, by, bz, shm, s, params));
+}
+
+VGPU_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                                                    unsigned bx, unsigned by, unsigned bz, unsigned shm,
+                                                    CUstream s, void **params)
+{
+    LAUNCH(s, REAL(cuLaunchCooperativeKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shm, s, params));
+}
+
+VGPU_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { LAUNCH(s, REAL(cuGraphLaunch)(g, s)); }
+VGPU_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { LAUNCH(s, REAL(cuGraphLaunch_ptsz)(g, s)); }
