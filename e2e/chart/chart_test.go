@@ -632,6 +632,54 @@ func TestDockerfileParses(t *testing.T) {
 	t.Logf("%s", out)
 }
 
+// TestReadmeExampleMatches keeps the workload shown in deployments/README.md
+// equal to examples/memory-share.yaml.
+func TestReadmeExampleMatches(t *testing.T) {
+	dir, err := Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(dir, "..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(readme)
+	i := strings.Index(text, "## A first workload")
+	if i < 0 {
+		t.Fatal("README has no first workload section")
+	}
+	text = text[i:]
+	start := strings.Index(text, "```yaml\n")
+	end := strings.Index(text[start+8:], "```")
+	if start < 0 || end < 0 {
+		t.Fatal("no yaml block in the first workload section")
+	}
+	shown, err := decodeManifest("README.md", text[start+8:start+8+end])
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.ReadFile(filepath.Join(dir, "..", "..", "examples", "memory-share.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := decodeManifest("memory-share.yaml", string(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(shown) != len(want) {
+		t.Fatalf("README shows %d objects, the example has %d", len(shown), len(want))
+	}
+	for i := range want {
+		delete(want[i].Object["spec"].(map[string]any), "restartPolicy")
+		delete(shown[i].Object["spec"].(map[string]any), "restartPolicy")
+		a, _ := yaml.Marshal(shown[i].Object)
+		b, _ := yaml.Marshal(want[i].Object)
+		if string(a) != string(b) {
+			t.Errorf("README object %d differs from the example:\n%s\n---\n%s", i, a, b)
+		}
+	}
+}
+
 // TestExamplesParse checks every example is well-formed YAML with kinds the
 // API server knows (TestAPIServer applies them).
 func TestExamplesParse(t *testing.T) {
