@@ -24,12 +24,14 @@ static struct vgpu_dev *limited(struct vgpu_dev *d) { return d && d->mem_limit ?
 #define FREE_BODY(kind, key, call)                                        \
     do {                                                                  \
         if (!vgpu_cfg.mem_any) return call;                               \
-        struct vgpu_dev *d_; uint64_t b_;                                 \
-        /* forget first: once the driver frees, another thread may get the \
-         * same address back from a new allocation */                     \
-        int had_ = vgpu_mem_untrack((kind), (uint64_t)(key), &d_, &b_);   \
+        struct vgpu_dev *d_ = 0; uint64_t b_ = 0;                         \
+        /* out of the table before the driver frees (another thread may get \
+         * the address back at once); quota back only after the free, so   \
+         * physical use never exceeds the quota */                        \
+        int had_ = vgpu_mem_take((kind), (uint64_t)(key), &d_, &b_);      \
         CUresult r_ = call;                                               \
-        if (r_ != CUDA_SUCCESS && had_) vgpu_mem_retrack((kind), (uint64_t)(key), d_, b_); \
+        if (had_ && r_ == CUDA_SUCCESS) vgpu_mem_unreserve(d_, b_);       \
+        else if (had_) vgpu_mem_track((kind), (uint64_t)(key), d_, b_);   \
         return r_;                                                        \
     } while (0)
 

@@ -54,18 +54,6 @@ int vgpu_mem_reserve(struct vgpu_dev *d, uint64_t bytes)
     return ok ? 0 : -1;
 }
 
-static void force_reserve(struct vgpu_dev *d, uint64_t bytes)
-{
-    int di = vgpu_dev_region_index(d);
-    struct vgpu_region *r = vgpu_region_lock();
-    int slot = vgpu_region_my_slot();
-    if (di >= 0 && slot >= 0) {
-        __atomic_add_fetch(&r->slot[slot].used[di], bytes, __ATOMIC_SEQ_CST);
-        __atomic_add_fetch(&r->dev[di].mem_used, bytes, __ATOMIC_SEQ_CST);
-    }
-    vgpu_region_unlock();
-}
-
 void vgpu_mem_unreserve(struct vgpu_dev *d, uint64_t bytes)
 {
     int di = d->region_dev;
@@ -145,13 +133,7 @@ void vgpu_mem_track(int kind, uint64_t key, struct vgpu_dev *d, uint64_t bytes)
     pthread_mutex_unlock(&T.mu);
 }
 
-void vgpu_mem_retrack(int kind, uint64_t key, struct vgpu_dev *d, uint64_t bytes)
-{
-    force_reserve(d, bytes);
-    vgpu_mem_track(kind, key, d, bytes);
-}
-
-int vgpu_mem_untrack(int kind, uint64_t key, struct vgpu_dev **dout, uint64_t *bout)
+int vgpu_mem_take(int kind, uint64_t key, struct vgpu_dev **dout, uint64_t *bout)
 {
     struct vgpu_dev *d = NULL;
     uint64_t bytes = 0;
@@ -169,7 +151,6 @@ int vgpu_mem_untrack(int kind, uint64_t key, struct vgpu_dev **dout, uint64_t *b
     }
     pthread_mutex_unlock(&T.mu);
     if (!d) return 0;
-    vgpu_mem_unreserve(d, bytes);
     if (dout) *dout = d;
     if (bout) *bout = bytes;
     return 1;

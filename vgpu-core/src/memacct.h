@@ -14,10 +14,10 @@ int vgpu_mem_reserve(struct vgpu_dev *d, uint64_t bytes);
 void vgpu_mem_unreserve(struct vgpu_dev *d, uint64_t bytes);
 /* Remember that (kind,key) holds bytes reserved on d. */
 void vgpu_mem_track(int kind, uint64_t key, struct vgpu_dev *d, uint64_t bytes);
-/* Forget (kind,key) and give its bytes back; 1 if it was tracked. On a failed
- * free the caller puts it back with vgpu_mem_retrack. */
-int vgpu_mem_untrack(int kind, uint64_t key, struct vgpu_dev **d, uint64_t *bytes);
-void vgpu_mem_retrack(int kind, uint64_t key, struct vgpu_dev *d, uint64_t bytes);
+/* Remove (kind,key) from the table without giving its bytes back; 1 if it
+ * was tracked. The caller frees, then vgpu_mem_unreserve()s (so physical use
+ * never exceeds the quota), or vgpu_mem_track()s it again if the free failed. */
+int vgpu_mem_take(int kind, uint64_t key, struct vgpu_dev **d, uint64_t *bytes);
 /* Claim-wide bytes in use on d (lock-free read). */
 uint64_t vgpu_mem_used(struct vgpu_dev *d);
 /* Occasionally reclaim dead processes' usage (rate-limited; for info calls). */

@@ -9,15 +9,15 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sched.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(struct vgpu_region_header) == 256, "header layout");
 _Static_assert(sizeof(struct vgpu_region_device) == 256, "device layout");
 _Static_assert(sizeof(struct vgpu_region_slot) == 192, "slot layout");
 
-/* Process-level attachment state. The mutex serialises the threads of this
- * process (OFD locks are per open file description, so they do not exclude
- * threads sharing one fd); the OFD lock serialises processes. */
+/* Process-level attachment state. The mutex serialises attaching; the spin
+ * lock in the region serialises accounting between threads and processes. */
 static struct {
     pthread_mutex_t mu;
     int attached;
@@ -77,7 +77,7 @@ static int header_valid(const struct vgpu_region_header *h)
     struct vgpu_region_header want;
     init_header(&want);
     /* compare the layout fields, not the live busy/repairs counters */
-    return memcmp(h, &want, offsetof(struct vgpu_region_header, busy)) == 0;
+    return memcmp(h, &want, offsetof(struct vgpu_region_header, lock)) == 0;
 }
 
 static void fallback_local(const char *why)
@@ -155,6 +155,7 @@ static int take_slot(struct vgpu_region *r)
             if (ofd_lock(P.fd, F_WRLCK, VGPU_LOCK_SLOT0 + i, 0) < 0) continue;
             if (r->slot[i].in_use) slot_release(r, i);
             memset(r->slot[i].used, 0, sizeof r->slot[i].used);
+            r->slot[i].gen++;
             r->slot[i].pid = (int32_t)getpid();
             __atomic_store_n(&r->slot[i].in_use, 1, __ATOMIC_SEQ_CST);
             return i;
@@ -162,10 +163,55 @@ static int take_slot(struct vgpu_region *r)
     return -1;
 }
 
-/* Called with P.mu held. */
-static void attach(void)
+static uint64_t my_lock_word(struct vgpu_region *r)
 {
-    P.attached = 1;
+    int slot = P.slot < 0 ? VGPU_REGION_SLOTS : P.slot; /* attach-time: slot not yet known */
+    uint64_t gen = slot < VGPU_REGION_SLOTS ? r->slot[slot].gen : 0;
+    return (uint64_t)(slot + 1) | gen << 32;
+}
+
+/* Is the holder named by lock word w still alive? */
+static int holder_alive(struct vgpu_region *r, uint64_t w)
+{
+    int slot = (int)(w & 0xffffffffu) - 1;
+    if (slot == P.slot) return 1; /* another thread of this process */
+    /* a process taking its slot holds the attach lock meanwhile */
+    if (slot < 0 || slot >= VGPU_REGION_SLOTS) return !P.shared || ofd_held(P.fd, VGPU_LOCK_CRIT);
+    if (r->slot[slot].gen != (w >> 32)) return 0; /* slot reused: that holder is gone */
+    return !P.shared || ofd_held(P.fd, VGPU_LOCK_SLOT0 + slot);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+static void spin_lock(struct vgpu_region *r)
+{
+    uint64_t me = my_lock_word(r);
+    for (unsigned spins = 0;; spins++) {
+        uint64_t w = 0;
+        if (__atomic_compare_exchange_n(&r->h.lock, &w, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return;
+        if (spins < 64) { cpu_relax(); continue; }
+        /* held for a while: prove the holder alive now and then, else take over */
+        if ((spins & 255) == 0 && !holder_alive(r, w) &&
+            __atomic_compare_exchange_n(&r->h.lock, &w, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            repair(r);
+            return;
+        }
+        sched_yield();
+    }
+}
+
+static void spin_unlock(struct vgpu_region *r) { __atomic_store_n(&r->h.lock, 0, __ATOMIC_RELEASE); }
+
+/* Called with P.mu held. */
+static void attach_impl(void)
+{
     P.pid = getpid();
     P.slot = -1;
     const char *path = vgpu_cfg.region_path;
@@ -218,8 +264,9 @@ static void attach(void)
     }
     ofd_lock(fd, F_RDLCK, VGPU_LOCK_PRESENCE, 1); /* downgrades our write lock if we reinitialised */
     P.shared = 1;
-    if (P.r->h.busy) repair(P.r);
+    spin_lock(P.r);
     P.slot = take_slot(P.r);
+    spin_unlock(P.r);
     ofd_lock(fd, F_UNLCK, VGPU_LOCK_CRIT, 0);
     if (P.slot < 0) {
         munmap(m, sizeof(struct vgpu_region));
@@ -229,11 +276,18 @@ static void attach(void)
     LOG_DEBUG("attached to %s, slot %d", path, P.slot);
 }
 
+static void attach(void)
+{
+    attach_impl();
+    __atomic_store_n(&P.attached, 1, __ATOMIC_RELEASE);
+}
+
 struct vgpu_region *vgpu_region_get(void)
 {
-    if (P.attached && P.pid == getpid()) return P.r;
+    /* fork resets `attached` (atfork_child): no getpid() on this path */
+    if (__atomic_load_n(&P.attached, __ATOMIC_ACQUIRE)) return P.r;
     pthread_mutex_lock(&P.mu);
-    if (!P.attached || P.pid != getpid()) attach();
+    if (!P.attached) attach();
     pthread_mutex_unlock(&P.mu);
     return P.r;
 }
@@ -243,23 +297,12 @@ int vgpu_region_my_slot(void) { return P.slot; }
 
 struct vgpu_region *vgpu_region_lock(void)
 {
-    pthread_mutex_lock(&P.mu);
-    if (!P.attached || P.pid != getpid()) attach();
-    struct vgpu_region *r = P.r;
-    if (P.shared) {
-        ofd_lock(P.fd, F_WRLCK, VGPU_LOCK_CRIT, 1);
-        if (__atomic_load_n(&r->h.busy, __ATOMIC_SEQ_CST)) repair(r);
-    }
-    __atomic_store_n(&r->h.busy, (uint32_t)P.slot + 1, __ATOMIC_SEQ_CST);
+    struct vgpu_region *r = vgpu_region_get();
+    spin_lock(r);
     return r;
 }
 
-void vgpu_region_unlock(void)
-{
-    __atomic_store_n(&P.r->h.busy, 0, __ATOMIC_SEQ_CST);
-    if (P.shared) ofd_lock(P.fd, F_UNLCK, VGPU_LOCK_CRIT, 0);
-    pthread_mutex_unlock(&P.mu);
-}
+void vgpu_region_unlock(void) { spin_unlock(P.r); }
 
 int vgpu_region_device(const char *uuid)
 {

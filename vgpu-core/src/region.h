@@ -13,7 +13,7 @@
 /* Lock bytes (beyond EOF, part of the ABI across versions). */
 #define VGPU_LOCK_BASE (1LL << 30)
 #define VGPU_LOCK_PRESENCE (VGPU_LOCK_BASE + 0) /* read-held by every attached process */
-#define VGPU_LOCK_CRIT (VGPU_LOCK_BASE + 1)     /* the accounting critical section */
+#define VGPU_LOCK_CRIT (VGPU_LOCK_BASE + 1)     /* attach: validation and initialisation */
 #define VGPU_LOCK_SLOT0 (VGPU_LOCK_BASE + 4096) /* + slot index: slot ownership */
 
 struct vgpu_region_header {           /* 256 bytes at offset 0 */
@@ -22,9 +22,9 @@ struct vgpu_region_header {           /* 256 bytes at offset 0 */
     uint32_t max_devices, max_slots;
     uint32_t device_size, slot_size;
     uint32_t device_offset, slot_offset;
-    uint32_t busy;                    /* slot+1 while someone is inside the critical section */
+    uint64_t lock;                    /* 0 free; else holder: slot+1 | slot generation << 32 */
     uint32_t repairs;                 /* times a dead holder's section was repaired */
-    uint8_t pad[208];
+    uint8_t pad[204];
 };
 
 struct vgpu_region_device {           /* 256 bytes, VGPU_MAX_DEVICES of them */
@@ -46,7 +46,8 @@ struct vgpu_region_slot {             /* 192 bytes, VGPU_REGION_SLOTS of them */
     uint32_t in_use;
     int32_t pid;                      /* in the owner's PID namespace; informational */
     uint64_t used[VGPU_MAX_DEVICES];  /* bytes this process holds per device entry */
-    uint8_t pad[192 - 8 - 8 * VGPU_MAX_DEVICES];
+    uint64_t gen;                     /* bumped each time the slot is taken */
+    uint8_t pad[192 - 16 - 8 * VGPU_MAX_DEVICES];
 };
 
 struct vgpu_region {
@@ -58,7 +59,9 @@ struct vgpu_region {
 /* Attach if needed (process-local fallback if the file is unusable). Never NULL. */
 struct vgpu_region *vgpu_region_get(void);
 int vgpu_region_is_shared(void);
-/* The critical section (process mutex + OFD write lock); repairs after a dead holder. */
+/* The accounting critical section: a spin lock in the region whose holder is
+ * named by slot and generation, so a waiter can prove the holder dead (its
+ * slot's OFD lock is gone) and take over, repairing the totals. */
 struct vgpu_region *vgpu_region_lock(void);
 void vgpu_region_unlock(void);
 /* Under the lock: own slot index, device entry for uuid (created if new, -1 if full). */

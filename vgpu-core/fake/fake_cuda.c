@@ -1,0 +1,347 @@
+/* A fake libcuda.so.1 for tests without a GPU: devices, contexts, memory
+ * with physical limits shared across processes (fake_gpu.c), and a simulated
+ * execution engine: kernels take the time the test gives them and run one at
+ * a time on a device timeline shared by every process; events and
+ * synchronisation report on that timeline.
+ * Kernel time: a function named "sleep_ns" runs for *(uint64_t *)params[0]
+ * ns; other functions run FAKE_KERNEL_NS. A CUgraphExec handle is a pointer
+ * to a uint64_t duration (tests only). */
+#define _GNU_SOURCE
+#include "vgpu_cuda.h"
+#include "fake_gpu.h"
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <stdio.h>
+
+#define OBJ_MAGIC 0xa110ca7eu
+struct fobj { uint32_t magic; int dev; uint64_t size; };
+struct CUstream_st { int dev; uint64_t last_end; };
+struct CUctx_st { int dev; struct CUstream_st def; };
+struct CUevent_st { uint64_t t; int recorded; };
+struct CUfunc_st { int timed; };
+static struct CUctx_st primary[FG_MAX_DEV];
+static __thread CUcontext current;
+static int inited;
+static struct CUfunc_st timed_fn = {1}, plain_fn = {0};
+
+#define EXPORT __attribute__((visibility("default")))
+
+CUresult cuInit(unsigned int flags) { (void)flags; fg_init(); inited = 1; return CUDA_SUCCESS; }
+CUresult cuDriverGetVersion(int *v) { *v = 13000; return CUDA_SUCCESS; }
+CUresult cuDeviceGetCount(int *n) { if (!inited) return CUDA_ERROR_NOT_INITIALIZED; *n = fg.nvis; return CUDA_SUCCESS; }
+CUresult cuDeviceGet(CUdevice *d, int o)
+{
+    if (!inited) return CUDA_ERROR_NOT_INITIALIZED;
+    if (o < 0 || o >= fg.nvis) return CUDA_ERROR_INVALID_DEVICE;
+    *d = o;
+    return CUDA_SUCCESS;
+}
+static int host(CUdevice d) { return (d >= 0 && d < fg.nvis) ? fg.vis[d] : -1; }
+
+CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d)
+{
+    int h = host(d);
+    if (h < 0) return CUDA_ERROR_INVALID_DEVICE;
+    const char *s = fg.dev[h].uuid + 4; /* skip "GPU-" */
+    int n = 0;
+    while (*s && n < 16) {
+        if (*s == '-') { s++; continue; }
+        unsigned v;
+        if (sscanf(s, "%2x", &v) != 1) break;
+        u->bytes[n++] = (char)v;
+        s += 2;
+    }
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetUuid_v2(CUuuid *u, CUdevice d) { return cuDeviceGetUuid(u, d); }
+CUresult cuDeviceGetPCIBusId(char *buf, int len, CUdevice d)
+{
+    int h = host(d);
+    if (h < 0) return CUDA_ERROR_INVALID_DEVICE;
+    snprintf(buf, (size_t)len, "0000:%02x:00.0", 0x10 + 0x10 * h);
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceTotalMem_v2(size_t *b, CUdevice d)
+{
+    int h = host(d);
+    if (h < 0) return CUDA_ERROR_INVALID_DEVICE;
+    *b = fg.dev[h].mem;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxCreate_v2(CUcontext *c, unsigned flags, CUdevice d)
+{
+    (void)flags;
+    if (host(d) < 0) return CUDA_ERROR_INVALID_DEVICE;
+    struct CUctx_st *x = calloc(1, sizeof *x);
+    x->dev = d;
+    x->def.dev = d;
+    *c = current = x;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxDestroy_v2(CUcontext c) { if (current == c) current = NULL; free(c); return CUDA_SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext c) { current = c; return CUDA_SUCCESS; }
+CUresult cuCtxGetCurrent(CUcontext *c) { *c = current; return CUDA_SUCCESS; }
+CUresult cuCtxGetDevice(CUdevice *d)
+{
+    if (!current) return CUDA_ERROR_INVALID_CONTEXT;
+    *d = current->dev;
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d)
+{
+    if (host(d) < 0) return CUDA_ERROR_INVALID_DEVICE;
+    primary[d].dev = d;
+    primary[d].def.dev = d;
+    *c = &primary[d];
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { (void)d; return CUDA_SUCCESS; }
+
+/* ---- memory ---- */
+static CUresult alloc_on(int d, uint64_t n, uint64_t *out)
+{
+    int h = host(d);
+    if (h < 0) return CUDA_ERROR_INVALID_CONTEXT;
+    if (n == 0) return CUDA_ERROR_INVALID_VALUE;
+    if (fg_phys_alloc(h, n)) return CUDA_ERROR_OUT_OF_MEMORY;
+    struct fobj *o = malloc(sizeof *o);
+    o->magic = OBJ_MAGIC; o->dev = h; o->size = n;
+    *out = (uint64_t)(uintptr_t)o;
+    return CUDA_SUCCESS;
+}
+static CUresult alloc_cur(uint64_t n, uint64_t *out)
+{
+    if (!current) return CUDA_ERROR_INVALID_CONTEXT;
+    return alloc_on(current->dev, n, out);
+}
+static CUresult free_obj(uint64_t p)
+{
+    struct fobj *o = (struct fobj *)(uintptr_t)p;
+    if (!o || o->magic != OBJ_MAGIC) return CUDA_ERROR_INVALID_VALUE;
+    o->magic = 0;
+    fg_phys_free(o->dev, o->size);
+    free(o);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return alloc_cur(n, p); }
+CUresult cuMemAllocPitch_v2(CUdeviceptr *p, size_t *pitch, size_t w, size_t h, unsigned esz)
+{
+    (void)esz;
+    *pitch = (w + 511) & ~(size_t)511;
+    return alloc_cur(*pitch * h, p);
+}
+CUresult cuMemAllocManaged(CUdeviceptr *p, size_t n, unsigned f) { (void)f; return alloc_cur(n, p); }
+CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, CUstream s) { (void)s; return alloc_cur(n, p); }
+CUresult cuMemAllocAsync_ptsz(CUdeviceptr *p, size_t n, CUstream s) { (void)s; return alloc_cur(n, p); }
+CUresult cuMemAllocFromPoolAsync(CUdeviceptr *p, size_t n, CUmemoryPool pl, CUstream s) { (void)pl; (void)s; return alloc_cur(n, p); }
+CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *p, size_t n, CUmemoryPool pl, CUstream s) { (void)pl; (void)s; return alloc_cur(n, p); }
+CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n, const CUmemAllocationProp *prop, unsigned long long f)
+{
+    (void)f;
+    if (!prop || prop->location.type != 1) return CUDA_ERROR_INVALID_VALUE;
+    return alloc_on(prop->location.id, n, h);
+}
+static uint64_t esize(CUarray_format f) { return f == CU_AD_FORMAT_FLOAT || f == CU_AD_FORMAT_UNSIGNED_INT32 || f == CU_AD_FORMAT_SIGNED_INT32 ? 4 : f == CU_AD_FORMAT_HALF || f == CU_AD_FORMAT_UNSIGNED_INT16 || f == CU_AD_FORMAT_SIGNED_INT16 ? 2 : 1; }
+static uint64_t d1(size_t v) { return v ? v : 1; }
+CUresult cuArrayCreate_v2(CUarray *a, const CUDA_ARRAY_DESCRIPTOR *d)
+{
+    uint64_t o;
+    CUresult r = alloc_cur(d1(d->Width) * d1(d->Height) * esize(d->Format) * d->NumChannels, &o);
+    if (!r) *a = (CUarray)(uintptr_t)o;
+    return r;
+}
+CUresult cuArray3DCreate_v2(CUarray *a, const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    uint64_t o;
+    CUresult r = alloc_cur(d1(d->Width) * d1(d->Height) * d1(d->Depth) * esize(d->Format) * d->NumChannels, &o);
+    if (!r) *a = (CUarray)(uintptr_t)o;
+    return r;
+}
+CUresult cuMipmappedArrayCreate(CUmipmappedArray *a, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels)
+{
+    uint64_t o, tot = 0, w = d->Width, h = d->Height, z = d->Depth;
+    for (unsigned l = 0; l < (levels ? levels : 1); l++) {
+        tot += d1(w) * d1(h) * d1(z) * esize(d->Format) * d->NumChannels;
+        w = w > 1 ? w / 2 : w; h = h > 1 ? h / 2 : h; z = z > 1 ? z / 2 : z;
+    }
+    CUresult r = alloc_cur(tot, &o);
+    if (!r) *a = (CUmipmappedArray)(uintptr_t)o;
+    return r;
+}
+CUresult cuMemFree_v2(CUdeviceptr p) { return free_obj(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) { (void)s; return free_obj(p); }
+CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) { (void)s; return free_obj(p); }
+CUresult cuMemRelease(CUmemGenericAllocationHandle h) { return free_obj(h); }
+CUresult cuArrayDestroy(CUarray a) { return free_obj((uintptr_t)a); }
+CUresult cuMipmappedArrayDestroy(CUmipmappedArray a) { return free_obj((uintptr_t)a); }
+CUresult cuMemGetInfo_v2(size_t *f, size_t *t)
+{
+    if (!current) return CUDA_ERROR_INVALID_CONTEXT;
+    int h = host(current->dev);
+    uint64_t used = __atomic_load_n(&fg_state()->dev[h].phys_used, __ATOMIC_SEQ_CST);
+    *t = fg.dev[h].mem;
+    *f = used < fg.dev[h].mem ? fg.dev[h].mem - used : 0;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemHostAlloc(void **p, size_t n, unsigned f) { (void)f; *p = malloc(n); return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY; }
+CUresult cuMemFreeHost(void *p) { free(p); return CUDA_SUCCESS; }
+
+/* ---- execution ---- */
+CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
+{
+    (void)m;
+    *f = !strcmp(name, "sleep_ns") ? &timed_fn : &plain_fn;
+    return CUDA_SUCCESS;
+}
+static struct CUstream_st *strm(CUstream s)
+{
+    if (s && s != (CUstream)1 && s != (CUstream)2) return s; /* 1, 2: legacy / per-thread handles */
+    return current ? &current->def : NULL;
+}
+#define QUEUE_MAX_NS 20000000ull /* a stream blocks launches with more than this queued, like a full push buffer */
+static CUresult launch(CUstream s, uint64_t dur)
+{
+    struct CUstream_st *st = strm(s);
+    if (!st) return CUDA_ERROR_INVALID_CONTEXT;
+    __atomic_add_fetch(&fg_state()->dev[host(st->dev)].launches, 1, __ATOMIC_RELAXED);
+    if (!dur) return CUDA_SUCCESS;
+    uint64_t now = fg_now();
+    if (st->last_end > now + QUEUE_MAX_NS) fg_sleep_until(st->last_end - QUEUE_MAX_NS);
+    st->last_end = fg_run(host(st->dev), st->last_end, dur);
+    return CUDA_SUCCESS;
+}
+static uint64_t kdur(CUfunction f, void **params)
+{
+    if (f && f->timed && params && params[0]) return *(uint64_t *)params[0];
+    return fg.kernel_ns;
+}
+CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shm, CUstream s, void **params, void **extra)
+{
+    (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)extra;
+    return launch(s, kdur(f, params));
+}
+CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                             unsigned bz, unsigned shm, CUstream s, void **params, void **extra)
+{
+    return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shm, s, params, extra);
+}
+CUresult cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, void **params, void **extra)
+{
+    (void)extra;
+    return launch(c ? c->hStream : NULL, kdur(f, params));
+}
+CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void **params, void **extra)
+{
+    return cuLaunchKernelEx(c, f, params, extra);
+}
+CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                   unsigned bz, unsigned shm, CUstream s, void **params)
+{
+    return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shm, s, params, NULL);
+}
+CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                        unsigned by, unsigned bz, unsigned shm, CUstream s, void **params)
+{
+    return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shm, s, params, NULL);
+}
+CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { return launch(s, g ? *(uint64_t *)g : 0); }
+CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { return cuGraphLaunch(g, s); }
+
+CUresult cuStreamCreate(CUstream *s, unsigned flags)
+{
+    (void)flags;
+    if (!current) return CUDA_ERROR_INVALID_CONTEXT;
+    struct CUstream_st *x = calloc(1, sizeof *x);
+    x->dev = current->dev;
+    *s = x;
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamDestroy_v2(CUstream s) { free(s); return CUDA_SUCCESS; }
+CUresult cuStreamSynchronize(CUstream s)
+{
+    struct CUstream_st *st = strm(s);
+    if (!st) return CUDA_ERROR_INVALID_CONTEXT;
+    fg_sleep_until(st->last_end);
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxSynchronize(void) { return cuStreamSynchronize(NULL); }
+CUresult cuEventCreate(CUevent *e, unsigned flags) { (void)flags; *e = calloc(1, sizeof **e); return CUDA_SUCCESS; }
+CUresult cuEventDestroy_v2(CUevent e) { free(e); return CUDA_SUCCESS; }
+CUresult cuEventRecord(CUevent e, CUstream s)
+{
+    struct CUstream_st *st = strm(s);
+    if (!st || !e) return CUDA_ERROR_INVALID_HANDLE;
+    uint64_t now = fg_now();
+    e->t = st->last_end > now ? st->last_end : now;
+    e->recorded = 1;
+    return CUDA_SUCCESS;
+}
+CUresult cuEventQuery(CUevent e) { return fg_now() >= e->t ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY; }
+CUresult cuEventSynchronize(CUevent e) { fg_sleep_until(e->t); return CUDA_SUCCESS; }
+CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
+{
+    if (!a->recorded || !b->recorded) return CUDA_ERROR_INVALID_HANDLE;
+    if (fg_now() < a->t || fg_now() < b->t) return CUDA_ERROR_NOT_READY;
+    *ms = (float)((double)((int64_t)(b->t - a->t)) / 1e6);
+    return CUDA_SUCCESS;
+}
+
+/* ---- cuGetProcAddress ---- */
+#define FK_ENTRY(ret, name, args) {#name, (void *)&name},
+static const struct { const char *name; void *fn; } table[] = { VGPU_CUDA_PROTOS(FK_ENTRY) };
+
+/* FAKE_PROCADDR_INTERNAL=1: hand out internal addresses, as a real driver
+ * may, so libvgpu must map by name and version. */
+static CUresult internal_memalloc(CUdeviceptr *p, size_t n) { return alloc_cur(n, p); }
+static CUresult internal_meminfo(size_t *f, size_t *t) { return cuMemGetInfo_v2(f, t); }
+static CUresult internal_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                unsigned bz, unsigned shm, CUstream s, void **params, void **extra)
+{
+    return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shm, s, params, extra);
+}
+
+static void *lookup(const char *name)
+{
+    for (unsigned i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(table[i].name, name)) return table[i].fn;
+    return NULL;
+}
+
+static CUresult procaddr(const char *sym, void **pfn, int ver, cuuint64_t flags)
+{
+    static const char *v2[] = {"cuMemAlloc", "cuMemAllocPitch", "cuMemFree", "cuMemGetInfo", "cuDeviceTotalMem",
+                               "cuArrayCreate", "cuArray3DCreate", "cuCtxDestroy", "cuStreamDestroy",
+                               "cuEventDestroy", "cuDevicePrimaryCtxRelease", "cuCtxCreate"};
+    char name[128];
+    snprintf(name, sizeof name, "%s", sym);
+    for (unsigned i = 0; i < sizeof v2 / sizeof v2[0]; i++)
+        if (!strcmp(sym, v2[i]) && ver >= 3020) snprintf(name, sizeof name, "%s_v2", sym);
+    if (!strcmp(sym, "cuGetProcAddress") && ver >= 12000) snprintf(name, sizeof name, "cuGetProcAddress_v2");
+    if (!strcmp(sym, "cuDeviceGetUuid") && ver >= 11040) snprintf(name, sizeof name, "cuDeviceGetUuid_v2");
+    if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
+        char pt[140];
+        snprintf(pt, sizeof pt, "%s_ptsz", name);
+        if (lookup(pt)) snprintf(name, sizeof name, "%.120s", pt);
+    }
+    void *f = lookup(name);
+    const char *internal = getenv("FAKE_PROCADDR_INTERNAL");
+    if (internal && *internal == '1') {
+        if (!strcmp(name, "cuMemAlloc_v2")) f = (void *)&internal_memalloc;
+        if (!strcmp(name, "cuMemGetInfo_v2")) f = (void *)&internal_meminfo;
+        if (!strcmp(name, "cuLaunchKernel")) f = (void *)&internal_launch;
+    }
+    *pfn = f;
+    return f ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+}
+CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags) { return procaddr(sym, pfn, ver, flags); }
+CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st)
+{
+    CUresult r = procaddr(sym, pfn, ver, flags);
+    if (st) *st = r == CUDA_SUCCESS ? 0 : 1;
+    return r;
+}

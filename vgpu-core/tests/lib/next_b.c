@@ -1,0 +1,1 @@
+int probe_target(void) { return 2; }
