@@ -604,7 +604,7 @@ func TestDockerfileMatchesChart(t *testing.T) {
 	if !strings.Contains(df, " "+src+"/libvgpu.so.${VERSION}\n") {
 		t.Errorf("the image does not carry %s/libvgpu.so.${VERSION}", src)
 	}
-	for _, want := range []string{"-trimpath", "SOURCE_DATE_EPOCH", "CGO_ENABLED=1", "make -C vgpu-core all", "vgpu-core/build/libvgpu.so"} {
+	for _, want := range []string{"-trimpath", "SOURCE_DATE_EPOCH", "CGO_ENABLED=1", "make -C vgpu-core lib", "vgpu-core/build/libvgpu.so"} {
 		if !strings.Contains(df, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}

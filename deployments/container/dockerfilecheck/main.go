@@ -5,10 +5,16 @@
 // checked on machines without a container engine.
 //
 //	go run . ../Dockerfile
+//
+// With -copy-context SRC -to DST it also copies the build context SRC,
+// filtered by the Dockerfile's .dockerignore (Dockerfile.dockerignore next
+// to it), to DST, so a test can run the image's build commands on exactly
+// the files the builder would see.
 package main
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"os"
 
@@ -18,12 +24,27 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: dockerfilecheck DOCKERFILE...")
+	contextDir := flag.String("copy-context", "", "build context to copy, filtered by the Dockerfile's .dockerignore")
+	to := flag.String("to", "", "where -copy-context copies to")
+	flag.Parse()
+	if flag.NArg() < 1 {
+		fmt.Fprintln(os.Stderr, "usage: dockerfilecheck [-copy-context DIR -to DIR] DOCKERFILE...")
 		os.Exit(2)
 	}
 	failed := false
-	for _, path := range os.Args[1:] {
+	if *contextDir != "" {
+		if *to == "" || flag.NArg() != 1 {
+			fmt.Fprintln(os.Stderr, "-copy-context needs -to and exactly one Dockerfile")
+			os.Exit(2)
+		}
+		n, err := copyContext(*contextDir, flag.Arg(0)+".dockerignore", *to)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "copy context: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Printf("copied %d files of the build context to %s\n", n, *to)
+	}
+	for _, path := range flag.Args() {
 		if err := check(path); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", path, err)
 			failed = true
