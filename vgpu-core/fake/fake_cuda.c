@@ -276,8 +276,12 @@ CUresult cuEventRecord(CUevent e, CUstream s)
 {
     struct CUstream_st *st = strm(s);
     if (!st || !e) return CUDA_ERROR_INVALID_HANDLE;
-    uint64_t now = fg_now();
-    e->t = st->last_end > now ? st->last_end : now;
+    /* the event is a zero-length item at the end of the device's queue: it
+     * completes when everything submitted before it (by any process) has
+     * run, as when a time-sliced GPU next switches to this context */
+    uint64_t now = fg_now(), tail = __atomic_load_n(&fg_state()->dev[host(st->dev)].tail_ns, __ATOMIC_SEQ_CST);
+    uint64_t t = st->last_end > now ? st->last_end : now;
+    e->t = tail > t ? tail : t;
     e->recorded = 1;
     return CUDA_SUCCESS;
 }

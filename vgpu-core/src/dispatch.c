@@ -23,10 +23,14 @@ static void *const hooks[H_COUNT] = {
     VGPU_NVML_FUNCS(VGPU_HOOK_ADDR)
 };
 
+/* dlsym runs before sanitizer runtimes finish starting (they look up their
+ * interceptors through it), so it and its callees stay uninstrumented. */
+#define NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
+
 typedef void *(*dlsym_fn)(void *, const char *);
 static dlsym_fn real_dlsym_ptr;
 
-void *vgpu_real_dlsym(void *handle, const char *name)
+NO_SANITIZE void *vgpu_real_dlsym(void *handle, const char *name)
 {
     dlsym_fn f = __atomic_load_n(&real_dlsym_ptr, __ATOMIC_ACQUIRE);
     if (!f) {
@@ -77,10 +81,16 @@ void *vgpu_resolve(int h)
     return __atomic_load_n(&vgpu_real_fn[h], __ATOMIC_ACQUIRE);
 }
 
-void *vgpu_hook_for_name(const char *name)
+static NO_SANITIZE int same(const char *a, const char *b)
+{
+    while (*a && *a == *b) a++, b++;
+    return *a == *b;
+}
+
+NO_SANITIZE void *vgpu_hook_for_name(const char *name)
 {
     for (int h = 0; h < H_COUNT; h++)
-        if (hooks[h] && !strcmp(names[h], name)) return hooks[h];
+        if (hooks[h] && same(names[h], name)) return hooks[h];
     return NULL;
 }
 
@@ -133,7 +143,7 @@ void *vgpu_hook_for_proc(const char *sym, void *real_pfn, int ver, cuuint64_t fl
 /* dlsym interception: every lookup of a hooked driver/NVML name answers our
  * hook, provided the handle really has the symbol. Anything else is a tail
  * call to the real dlsym so that RTLD_NEXT stays relative to the caller. */
-VGPU_EXPORT void *dlsym(void *handle, const char *name)
+VGPU_EXPORT NO_SANITIZE void *dlsym(void *handle, const char *name)
 {
     const char *n = name;
     __asm__("" : "+r"(n)); /* glibc declares name nonnull; callers do pass NULL */
