@@ -28,7 +28,8 @@ static int run(double secs, uint64_t kernel_us, const char *path, double idle_fi
 {
     cuInit(0);
     CUcontext c;
-    cuCtxCreate_v2(&c, 0, 0);
+    const char *dev = getenv("LIMTEST_DEVICE");
+    cuCtxCreate_v2(&c, 0, dev ? atoi(dev) : 0);
     CUfunction f;
     cuModuleGetFunction(&f, NULL, "sleep_ns");
     CUstream s;
