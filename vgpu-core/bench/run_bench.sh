@@ -19,6 +19,8 @@ row() { # file label budget
 }
 row "$W/nolimit" "no limit" "20 (launch)"
 row "$W/memlimit" "memory limit" "1000 (alloc)"
-row "$W/smlimit" "share 50%" "200 (launch)"
+row "$W/smlimit" "share 50%*" "200 (launch)"
 echo
-echo "(fake driver, best of 7 rounds; 'added' = libvgpu - driver; alloc row is one alloc + one free)"
+echo "(fake driver, best of 7 rounds of 2M launches / 20k alloc+free pairs; added = libvgpu - driver."
+echo " alloc row = one cuMemAlloc_v2 + one cuMemFree_v2. *share 50% with 0-ns kernels: the hook and its burst"
+echo " bookkeeping (events per 32 launches) are timed, not throttling waits.)"

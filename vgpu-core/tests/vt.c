@@ -4,7 +4,9 @@
 #include "vgpu_cuda.h"
 #include "vgpu_nvml.h"
 #include "tutil.h"
+#ifndef VGPU_REAL_GPU
 #include "../fake/fake_gpu.h"
+#endif
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -96,6 +98,18 @@ static CUcontext ctx_on(int dev)
     return c;
 }
 
+#ifdef VGPU_REAL_GPU
+CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev);
+static CUmemoryPool default_pool(int dev)
+{
+    CUmemoryPool p = NULL;
+    cuDeviceGetDefaultMemPool(&p, dev);
+    return p;
+}
+#else
+static CUmemoryPool default_pool(int dev) { (void)dev; return NULL; }
+#endif
+
 /* Allocate one 256 MiB object through API kind k. */
 static const char *kinds[] = {"cuMemAlloc_v2", "cuMemAllocPitch_v2", "cuMemAllocManaged", "cuMemAllocAsync",
                               "cuMemAllocAsync_ptsz", "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz",
@@ -117,8 +131,8 @@ static CUresult alloc_k(struct api *a, int k, int dev, uint64_t *obj)
     case 2: r = a->managed(&p, 256 * MiB, CU_MEM_ATTACH_GLOBAL); break;
     case 3: r = a->async(&p, 256 * MiB, NULL); break;
     case 4: r = a->async_ptsz(&p, 256 * MiB, NULL); break;
-    case 5: r = a->pool(&p, 256 * MiB, NULL, NULL); break;
-    case 6: r = a->pool_ptsz(&p, 256 * MiB, NULL, NULL); break;
+    case 5: r = a->pool(&p, 256 * MiB, default_pool(dev), NULL); break;
+    case 6: r = a->pool_ptsz(&p, 256 * MiB, default_pool(dev), NULL); break;
     case 7: { CUmemGenericAllocationHandle h = 0; r = a->vmm(&h, 256 * MiB, &prop, 0); p = h; break; }
     case 8: { CUarray x = 0; r = a->arr(&x, &d2); p = (uintptr_t)x; break; }
     case 9: { CUarray x = 0; r = a->arr3(&x, &d3); p = (uintptr_t)x; break; }
@@ -302,7 +316,11 @@ static void *worker(void *arg)
 
 static int cmd_concurrent(int procs, int threads, uint64_t quota)
 {
+#ifdef VGPU_REAL_GPU
+    struct { struct { uint64_t peak_used, phys_used; } dev[1]; } fake = {{{0, 0}}}, *st = &fake; /* no physical trace */
+#else
     struct fg_state *st = fg_state();
+#endif
     pid_t pids[64];
     for (int p = 0; p < procs; p++) {
         pids[p] = fork();

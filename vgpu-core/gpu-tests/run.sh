@@ -1,0 +1,81 @@
+#!/bin/bash
+# make test-gpu: libvgpu against the real driver (CUDA 13, driver 580,
+# PyTorch). Needs a GPU; prints figures and writes them to $OUT/ if set.
+set -u
+B=$(cd "${1:-build}" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+W=$(mktemp -d /tmp/vgpu-gpu.XXXXXX)
+RES=${OUT:+$OUT/vgpu-gpu-results.txt}
+RES=${RES:-$W/results.txt}
+PASS=0; FAIL=0
+say() { echo "$*" | tee -a "$RES"; }
+check() { local name=$1; shift; if "$@"; then say "ok - $name"; PASS=$((PASS+1)); else say "not ok - $name"; FAIL=$((FAIL+1)); fi; }
+
+if ! ldconfig -p | grep -q 'libcuda.so.1'; then echo "no CUDA driver here: test-gpu needs a GPU machine"; exit 1; fi
+nvidia-smi -L | tee -a "$RES"
+CC=${CC:-gcc}
+$CC -DVGPU_REAL_GPU -O2 -std=gnu11 -I"$ROOT/include" -I"$ROOT/tests" -o "$W/vt" "$ROOT/tests/vt.c" \
+    -l:libcuda.so.1 -l:libnvidia-ml.so.1 -ldl -pthread -lm || exit 1
+$CC -O2 -std=gnu11 -I"$ROOT/include" -o "$W/spin" "$HERE/gpu_spin.c" -l:libcuda.so.1 || exit 1
+PRE=$B/libvgpu.so
+Q=4g; QM=4096
+E=(CUDA_DEVICE_MEMORY_SHARED_CACHE=$W/claim.shr LD_PRELOAD=$PRE)
+
+say "== memory: every allocation API through each path, quota $Q"
+for path in linked dlsym procaddr; do
+    env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" apis $path 16 | tee -a "$RES"
+done
+env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" meminfo procaddr $QM | tee -a "$RES"
+env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" kill inlock $QM "$W/pause" | tee -a "$RES"
+env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" concurrent 8 4 $QM | grep -v 'physical\|exercised' | tee -a "$RES"
+PASS=$((PASS + $(grep -c '^ok ' "$RES"))); FAIL=$((FAIL + $(grep -c '^not ok ' "$RES")))
+
+say "== nvidia-smi under the preload (quota $Q)"
+smi=$(env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q nvidia-smi --id=0 --query-gpu=memory.total,memory.used,memory.free --format=csv,noheader,nounits)
+say "nvidia-smi: $smi"
+check "nvidia-smi shows the quota as total" bash -c "[ \"\$(echo '$smi' | cut -d, -f1 | tr -d ' ')\" = $QM ]"
+
+say "== PyTorch memory"
+out=$(env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q python3 "$HERE/torch_tests.py" meminfo $((4 << 30)) 2>&1 | tail -4)
+say "$out"
+check "torch.cuda.mem_get_info reports the quota and OOM is raised past it" grep -q 'RESULT meminfo PASS' <<<"$out"
+
+say "== PyTorch training step overhead"
+base=$(python3 "$HERE/torch_tests.py" train 300 | awk '/RESULT/ {print $3}')
+nolim=$(env "${E[@]}" python3 "$HERE/torch_tests.py" train 300 | awk '/RESULT/ {print $3}')
+memlim=$(env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=16g python3 "$HERE/torch_tests.py" train 300 | awk '/RESULT/ {print $3}')
+smlim=$(env "${E[@]}" CUDA_DEVICE_SM_LIMIT=100 CUDA_DEVICE_MEMORY_LIMIT=16g python3 "$HERE/torch_tests.py" train 300 | awk '/RESULT/ {print $3}')
+say "ms/step: driver $base | libvgpu no limit $nolim | memory limit $memlim | memory limit + share 100 $smlim"
+say "overhead: no limit $(echo "($nolim/$base-1)*100" | bc -l | cut -c1-5)% | memory limit $(echo "($memlim/$base-1)*100" | bc -l | cut -c1-5)%"
+
+say "== compute shares (completed work on the device)"
+solo=$("$W/spin" 5 500 | tee -a "$RES" | sed 's/.*share \([0-9.]*\)%.*/\1/')
+say "spin alone without libvgpu: $solo%"
+share_of() { sed -n 's/.*GPU share \([0-9.]*\)%.*/\1/p' "$1"; }
+claimrun() { # tag share cmd...
+    local tag=$1 share=$2; shift 2
+    env CUDA_DEVICE_MEMORY_SHARED_CACHE=$W/c$tag.shr LD_PRELOAD=$PRE CUDA_DEVICE_SM_LIMIT=$share "$@"
+}
+within() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 5) }'; }
+claimrun a 30 "$W/spin" 12 500 > "$W/a30"; s=$(share_of "$W/a30"); say "30% alone: $s%"; check "30% alone within 5 pp" within "$s" 30
+claimrun a 30 "$W/spin" 12 500 graph > "$W/g30"; s=$(share_of "$W/g30"); say "30% alone, graph launches: $s%"; check "graph launches throttled to 30%" within "$s" 30
+for pair in "30 70" "10 90"; do
+    set -- $pair
+    claimrun a $1 "$W/spin" 12 200 > "$W/pa" & claimrun b $2 "$W/spin" 12 1000 > "$W/pb"; wait
+    sa=$(share_of "$W/pa"); sb=$(share_of "$W/pb")
+    say "spin $1% + spin $2%: $sa% / $sb%"
+    check "spin/spin $1/$2 within 5 pp" bash -c "$(declare -f within); within $sa $1 && within $sb $2"
+done
+rate=$(python3 "$HERE/torch_tests.py" work 6 | awk '/RESULT/ {print $3}')
+say "torch matmul alone: $rate/s"
+for pair in "30 70" "10 90"; do
+    set -- $pair
+    claimrun a $1 "$W/spin" 12 500 > "$W/pa" & claimrun b $2 python3 "$HERE/torch_tests.py" work 12 "$rate" > "$W/pb"; wait
+    sa=$(share_of "$W/pa"); sb=$(sed -n 's/.*share \([0-9.]*\)%.*/\1/p' "$W/pb")
+    say "spin $1% + PyTorch $2%: $sa% / $sb%"
+    check "spin/torch $1/$2 within 5 pp" bash -c "$(declare -f within); within $sa $1 && within $sb $2"
+done
+say ""
+say "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
