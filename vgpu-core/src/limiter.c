@@ -46,6 +46,7 @@ static int n_ldev;
 /* A burst open on one stream of one thread. */
 struct burst {
     CUstream stream;
+    int used;            /* this slot belongs to `stream` */
     int open;
     int di;              /* index into ldev */
     unsigned n;          /* launches so far */
@@ -175,12 +176,13 @@ static int lim_dev_index(void)
 static struct burst *find_burst(CUstream s)
 {
     for (int i = 0; i < TL_STREAMS; i++)
-        if (tls[i].stream == s && (tls[i].open || tls[i].n == 0)) return &tls[i];
+        if (tls[i].used && tls[i].stream == s) return &tls[i];
     /* reuse a slot: close whatever was open there */
     struct burst *b = &tls[tls_next++ % TL_STREAMS];
     close_burst(b);
     memset(b, 0, sizeof *b);
     b->stream = s;
+    b->used = 1;
     return b;
 }
 

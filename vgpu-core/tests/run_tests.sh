@@ -110,7 +110,7 @@ check "corrupt region in use: reported, falls back to process-local" grep -q 'pr
 rm -f "$W/fg"
 a=$(LD_LIBRARY_PATH=$B/fake FAKE_GPU_STATE=$W/fg FAKE_GPU_MEM=2g $VT fillcount 2>&1)
 rm -f "$W/fg"
-b=$(LD_LIBRARY_PATH=$B/fake FAKE_GPU_STATE=$W/fg FAKE_GPU_MEM=2g LD_PRELOAD=$PRE $VT fillcount 2>&1)
+b=$(LD_LIBRARY_PATH=$B/fake FAKE_GPU_STATE=$W/fg FAKE_GPU_MEM=2g LD_PRELOAD=$PRE CUDA_DEVICE_MEMORY_SHARED_CACHE=$W/region.nolimit $VT fillcount 2>&1)
 echo "== no limit: without libvgpu '$a', with '$b'"
 check "no limit set behaves exactly like the driver" [ "$a" = "$b" ]
 check "no limit: no region file is created" [ ! -e "$W/region.nolimit" ]
