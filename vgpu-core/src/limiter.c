@@ -21,9 +21,11 @@
 #include <time.h>
 
 int vgpu_lim_active;
+static int lim_inited;
 
 #define BURST_LAUNCHES 32             /* close a burst after this many launches */
 #define BURST_NS 2000000              /* ...or this much estimated GPU time */
+#define BURST_GAP_NS 20000            /* ...or when launches pause this long (see README) */
 #define BUCKET_WINDOW_NS 100000000LL  /* the bucket holds at most share x 100 ms */
 #define REFILL_MIN_NS 20000           /* refill at most every 20 us */
 #define STATE_REREAD_NS 1000000000ull /* per-GPU reservation file: once a second */
@@ -51,16 +53,42 @@ struct burst {
     int di;              /* index into ldev */
     unsigned n;          /* launches so far */
     uint64_t prov;       /* provisional charge so far */
+    uint64_t last_ns;    /* CPU time of the previous launch */
+    int eager;           /* launches are sparse: end the burst right after this launch */
     CUevent start;
 };
 static __thread struct burst tls[TL_STREAMS];
 static __thread unsigned tls_next;
+static __thread struct burst *cur_b; /* the burst of the launch in progress */
 
 /* Bursts waiting for their end event, process-wide, oldest first. */
 struct pending { CUevent start, end; int di; unsigned n; uint64_t prov; };
 static struct pending pend[MAX_PENDING];
 static unsigned pend_head, pend_len;
 static pthread_mutex_t pend_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Recycled events per device (created in that device's context). */
+#define EV_CACHE 64
+static CUevent ev_free[64][EV_CACHE];
+static int ev_nfree[64];
+
+static CUevent ev_get(int di)
+{
+    CUevent e = NULL;
+    pthread_mutex_lock(&pend_mu);
+    if (ev_nfree[di]) e = ev_free[di][--ev_nfree[di]];
+    pthread_mutex_unlock(&pend_mu);
+    if (!e && REAL(cuEventCreate)(&e, CU_EVENT_DEFAULT) != CUDA_SUCCESS) e = NULL;
+    return e;
+}
+
+/* call with pend_mu held */
+static void ev_put_locked(int di, CUevent e)
+{
+    if (!e) return;
+    if (ev_nfree[di] < EV_CACHE) ev_free[di][ev_nfree[di]++] = e;
+    else REAL(cuEventDestroy_v2)(e);
+}
 
 static uint64_t now_ns(void)
 {
@@ -137,8 +165,8 @@ static void poll_pending(void)
             l->est_ns = (l->est_ns * 3 + per) / 4;
             if (l->est_ns < 100) l->est_ns = 100;
         }
-        REAL(cuEventDestroy_v2)(p->start);
-        REAL(cuEventDestroy_v2)(p->end);
+        ev_put_locked(p->di, p->start);
+        ev_put_locked(p->di, p->end);
         pend_head = (pend_head + 1) % MAX_PENDING;
         pend_len--;
     }
@@ -150,8 +178,7 @@ static void close_burst(struct burst *b)
     if (!b->open) return;
     b->open = 0;
     CUevent end = NULL;
-    if (b->n && REAL(cuEventCreate)(&end, CU_EVENT_DEFAULT) == CUDA_SUCCESS &&
-        REAL(cuEventRecord)(end, b->stream) == CUDA_SUCCESS) {
+    if (b->n && (end = ev_get(b->di)) && REAL(cuEventRecord)(end, b->stream) == CUDA_SUCCESS) {
         pthread_mutex_lock(&pend_mu);
         if (pend_len < MAX_PENDING) {
             pend[(pend_head + pend_len) % MAX_PENDING] = (struct pending){b->start, end, b->di, b->n, b->prov};
@@ -162,8 +189,10 @@ static void close_burst(struct burst *b)
         pthread_mutex_unlock(&pend_mu);
     }
     /* could not measure: the provisional charge stands */
-    if (end) REAL(cuEventDestroy_v2)(end);
-    if (b->start) REAL(cuEventDestroy_v2)(b->start);
+    pthread_mutex_lock(&pend_mu);
+    ev_put_locked(b->di, end);
+    ev_put_locked(b->di, b->start);
+    pthread_mutex_unlock(&pend_mu);
 }
 
 static int lim_dev_index(void)
@@ -186,8 +215,13 @@ static struct burst *find_burst(CUstream s)
     return b;
 }
 
+static int burst_full(const struct burst *b, uint64_t now)
+{
+    return b->n >= BURST_LAUNCHES || b->prov >= BURST_NS || now - b->last_ns > BURST_GAP_NS;
+}
+
 /* Slow path: open a burst, or wait for the bucket. */
-static void slow(struct burst *b)
+static void slow(struct burst *b, uint64_t now)
 {
     if (!b->open) {
         int di = lim_dev_index();
@@ -195,25 +229,23 @@ static void slow(struct burst *b)
         b->di = di;
         b->n = 0;
         b->prov = 0;
-        b->start = NULL;
-        if (REAL(cuEventCreate)(&b->start, CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
-            REAL(cuEventRecord)(b->start, b->stream) != CUDA_SUCCESS) {
+        b->start = ev_get(di);
+        if (!b->start || REAL(cuEventRecord)(b->start, b->stream) != CUDA_SUCCESS) {
             if (b->start) REAL(cuEventDestroy_v2)(b->start);
             b->start = NULL;
             b->di = -1;
             return;
         }
         b->open = 1;
-    } else if (b->n >= BURST_LAUNCHES || b->prov >= BURST_NS) {
+    } else if (burst_full(b, now)) {
         int di = b->di;
         close_burst(b);
         b->di = di;
-        slow(b);
+        slow(b, now);
         return;
     }
     struct lim_dev *l = &ldev[b->di];
     struct vgpu_region_device *d = rdev(l);
-    uint64_t now = now_ns();
     refill(l, now);
     poll_pending();
     int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_SEQ_CST);
@@ -238,24 +270,37 @@ static void slow(struct burst *b)
     }
     __atomic_add_fetch(&d->throttled_ns_total, now - t0, __ATOMIC_RELAXED);
     b->di = di;
-    slow(b); /* open a new burst */
+    slow(b, now); /* open a new burst */
 }
 
 void vgpu_lim_before_launch(CUstream s)
 {
+    if (__builtin_expect(!lim_inited, 0)) {
+        vgpu_lim_after_init();
+        if (!vgpu_lim_active) return;
+    }
     struct burst *b = find_burst(s);
-    if (__builtin_expect(!b->open || b->n >= BURST_LAUNCHES || b->prov >= BURST_NS, 0)) {
-        slow(b);
+    uint64_t now = now_ns(); /* vDSO, no system call */
+    cur_b = NULL;
+    /* Sparse launches: a neighbour's work may be queued between them, so
+     * such a launch is measured alone, its end event recorded right after it. */
+    b->eager = b->last_ns && now - b->last_ns > BURST_GAP_NS;
+    if (__builtin_expect(!b->open || burst_full(b, now), 0)) {
+        slow(b, now);
         if (!b->open) return; /* device not limited */
+        now = now_ns();
     } else {
         /* the common path: one shared load and compare */
         struct vgpu_region_device *d = rdev(&ldev[b->di]);
         if (__builtin_expect(__atomic_load_n(&d->tokens_ns, __ATOMIC_RELAXED) <= 0, 0)) {
-            slow(b);
+            slow(b, now);
             if (!b->open) return;
+            now = now_ns();
         }
     }
     struct lim_dev *l = &ldev[b->di];
+    b->last_ns = now;
+    cur_b = b;
     b->n++;
     b->prov += l->est_ns;
     __atomic_sub_fetch(&rdev(l)->tokens_ns, (int64_t)l->est_ns, __ATOMIC_RELAXED);
@@ -263,9 +308,19 @@ void vgpu_lim_before_launch(CUstream s)
 
 void vgpu_lim_after_launch(CUstream s, CUresult r)
 {
-    if (__builtin_expect(r == CUDA_SUCCESS, 1)) return;
+    (void)s;
+    struct burst *b = cur_b;
+    if (!b) return;
+    cur_b = NULL;
+    if (__builtin_expect(r == CUDA_SUCCESS, 1)) {
+        if (__builtin_expect(b->eager, 0)) {
+            int di = b->di;
+            close_burst(b);
+            b->di = di;
+        }
+        return;
+    }
     /* a refused launch costs nothing: undo its provisional charge */
-    struct burst *b = find_burst(s);
     if (!b->open || !b->n) return;
     struct lim_dev *l = &ldev[b->di];
     b->n--;
@@ -277,7 +332,7 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 static void init(void)
 {
-    if (!vgpu_cfg.sm_any) return;
+    if (!vgpu_cfg.sm_any) { __atomic_store_n(&vgpu_lim_active, 0, __ATOMIC_RELEASE); lim_inited = 1; return; }
     int any = 0;
     for (int i = 0; i < 64; i++) {
         struct vgpu_dev *d = vgpu_dev_by_ordinal(i);
@@ -296,6 +351,8 @@ static void init(void)
         any = 1;
     }
     __atomic_store_n(&vgpu_lim_active, any, __ATOMIC_RELEASE);
+    __atomic_store_n(&lim_inited, 1, __ATOMIC_RELEASE);
 }
 
 void vgpu_lim_after_init(void) { pthread_once(&init_once, init); }
+void vgpu_lim_config(void) { vgpu_lim_active = vgpu_cfg.sm_any; }

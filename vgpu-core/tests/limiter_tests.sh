@@ -43,6 +43,8 @@ lim_report L9 "second GPU of a two-GPU claim at its own 25%" 1:25
 # batch 2: claims side by side on one GPU (different kernel lengths on purpose)
 claim L2 1 $S 200 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L2 2 $S 1000 linked 0 -- CUDA_DEVICE_SM_LIMIT=70 &
 claim L3 1 $S 500 linked 0 -- CUDA_DEVICE_SM_LIMIT=10 & claim L3 2 $S 300 linked 0 -- CUDA_DEVICE_SM_LIMIT=90 &
+# a framework-like claim: 100 us of host work between launches, beside a saturating one
+claim L11 1 $S 200 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 LIMTEST_GAP_US=100 & claim L11 2 $S 1000 linked 0 -- CUDA_DEVICE_SM_LIMIT=70 &
 wait
 # batch 3 (kept small: 2 cores, and these are timing tests)
 claim L4 1 $S 400 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 &
@@ -52,5 +54,6 @@ claim L10 1 $S 500 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L10 2 $S 500 link
 wait
 lim_report L2 "two claims 30% and 70%" 1:30 2:70
 lim_report L3 "two claims 10% and 90%" 1:10 2:90
+lim_report L11 "sparse launches (100 us host time between them) 30% beside a saturating 70%" 1:30 2:70
 lim_report L4 "capped 30% beside a best-effort claim (reserved=30, may use 70%)" 1:30 2:70
 lim_report L10 "capped 30% beside an unlimited process" 1:30:atleast

@@ -48,7 +48,10 @@ static int run(double secs, uint64_t kernel_us, const char *path, double idle_fi
     memset(&cfg, 0, sizeof cfg);
     cfg.hStream = s;
     long n = 0;
+    const char *gap = getenv("LIMTEST_GAP_US"); /* CPU time between launches, like a framework's host code */
+    uint64_t gap_ns = gap ? strtoull(gap, 0, 10) * 1000 : 0;
     while (now_ns() < end) {
+        if (gap_ns) { uint64_t g = now_ns() + gap_ns; while (now_ns() < g) ; }
         if (!strcmp(path, "graph")) cuGraphLaunch((CUgraphExec)&dur, s);
         else if (!strcmp(path, "ex")) cuLaunchKernelEx(&cfg, f, params, NULL);
         else launch(f, 1, 1, 1, 1, 1, 1, 0, s, params, NULL);
