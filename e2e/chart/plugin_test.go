@@ -3,12 +3,14 @@ package chart
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -16,25 +18,50 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+var (
+	pluginOnce sync.Once
+	pluginBin  string
+	pluginErr  error
+	pluginTmp  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pluginTmp != "" {
+		os.RemoveAll(pluginTmp)
+	}
+	os.Exit(code)
+}
+
 // buildPlugin builds cmd/vgpu-kubelet-plugin of the repository the chart
-// belongs to.
+// belongs to, once per test binary.
 func buildPlugin(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the plugin")
 	}
-	dir, err := Dir()
-	if err != nil {
-		t.Fatal(err)
+	pluginOnce.Do(func() {
+		dir, err := Dir()
+		if err != nil {
+			pluginErr = err
+			return
+		}
+		repo := filepath.Clean(filepath.Join(dir, "..", "..", ".."))
+		pluginTmp, pluginErr = os.MkdirTemp("", "hami-dra-chart-test")
+		if pluginErr != nil {
+			return
+		}
+		pluginBin = filepath.Join(pluginTmp, "vgpu-kubelet-plugin")
+		cmd := exec.Command("go", "build", "-o", pluginBin, "./cmd/vgpu-kubelet-plugin")
+		cmd.Dir = repo
+		if out, err := cmd.CombinedOutput(); err != nil {
+			pluginErr = fmt.Errorf("build the plugin: %v\n%s", err, out)
+		}
+	})
+	if pluginErr != nil {
+		t.Fatal(pluginErr)
 	}
-	repo := filepath.Clean(filepath.Join(dir, "..", "..", ".."))
-	bin := filepath.Join(t.TempDir(), "vgpu-kubelet-plugin")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/vgpu-kubelet-plugin")
-	cmd.Dir = repo
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the plugin: %v\n%s", err, out)
-	}
-	return bin
+	return pluginBin
 }
 
 var helpFlag = regexp.MustCompile(`(?m)^\s+-([a-z0-9][a-z0-9-]*)`)
