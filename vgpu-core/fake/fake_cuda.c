@@ -17,7 +17,8 @@
 
 #define OBJ_MAGIC 0xa110ca7eu
 struct fobj { uint32_t magic; int dev; uint64_t size; };
-struct CUstream_st { int dev; uint64_t last_end; };
+#define QUEUE_DEPTH 128 /* launches a stream holds before cuLaunchKernel blocks, like a full push buffer */
+struct CUstream_st { int dev; uint64_t last_end; uint64_t ends[QUEUE_DEPTH]; unsigned next; };
 struct CUctx_st { int dev; struct CUstream_st def; };
 struct CUevent_st { uint64_t t; int recorded; };
 struct CUfunc_st { int timed; };
@@ -202,16 +203,17 @@ static struct CUstream_st *strm(CUstream s)
     if (s && s != (CUstream)1 && s != (CUstream)2) return s; /* 1, 2: legacy / per-thread handles */
     return current ? &current->def : NULL;
 }
-#define QUEUE_MAX_NS 20000000ull /* a stream blocks launches with more than this queued, like a full push buffer */
 static CUresult launch(CUstream s, uint64_t dur)
 {
     struct CUstream_st *st = strm(s);
     if (!st) return CUDA_ERROR_INVALID_CONTEXT;
     __atomic_add_fetch(&fg_state()->dev[host(st->dev)].launches, 1, __ATOMIC_RELAXED);
     if (!dur) return CUDA_SUCCESS;
-    uint64_t now = fg_now();
-    if (st->last_end > now + QUEUE_MAX_NS) fg_sleep_until(st->last_end - QUEUE_MAX_NS);
+    /* the slot QUEUE_DEPTH launches back must have completed */
+    unsigned slot = st->next++ % QUEUE_DEPTH;
+    if (st->ends[slot] > fg_now()) fg_sleep_until(st->ends[slot]);
     st->last_end = fg_run(host(st->dev), st->last_end, dur);
+    st->ends[slot] = st->last_end;
     return CUDA_SUCCESS;
 }
 static uint64_t kdur(CUfunction f, void **params)
