@@ -132,7 +132,8 @@ static void refill(struct lim_dev *l, uint64_t now)
     struct vgpu_region_device *d = rdev(l);
     if (now - l->state_read_ns > STATE_REREAD_NS) read_state(l, now);
     uint64_t last = __atomic_load_n(&d->window_start_ns, __ATOMIC_RELAXED);
-    if (last && now - last < REFILL_MIN_NS) return;
+    /* `now` may be older than another thread's refill: never step back */
+    if (last && (now <= last || now - last < REFILL_MIN_NS)) return;
     if (!__atomic_compare_exchange_n(&d->window_start_ns, &last, now, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) return;
     int64_t cap = BUCKET_WINDOW_NS * l->allow / 100;
     int64_t add = last ? (int64_t)((now - last) * (uint64_t)l->allow / 100) : cap;
@@ -145,6 +146,29 @@ static void refill(struct lim_dev *l, uint64_t now)
 }
 
 /* Settle completed bursts: replace provisional charges by measured time. */
+/* Latest end event already charged, per device: bursts of several streams of
+ * this process overlap on the GPU, and the overlap must be charged once. */
+static CUevent covered_end[64];
+
+static int64_t elapsed_ns(CUevent a, CUevent b, int *ok)
+{
+    float ms = 0;
+    *ok = REAL(cuEventElapsedTime)(&ms, a, b) == CUDA_SUCCESS;
+    return (int64_t)((double)ms * 1e6);
+}
+
+/* add delta to the bucket, never above its cap */
+static void tokens_add(struct lim_dev *l, struct vgpu_region_device *d, int64_t delta)
+{
+    int64_t cap = BUCKET_WINDOW_NS * l->allow / 100;
+    int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_RELAXED), nt;
+    do {
+        nt = t + delta;
+        if (delta > 0 && nt > cap) nt = t > cap ? t : cap;
+    } while (!__atomic_compare_exchange_n(&d->tokens_ns, &t, nt, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+}
+
+/* Settle completed bursts: replace provisional charges by measured time. */
 static void poll_pending(void)
 {
     if (pthread_mutex_trylock(&pend_mu)) return;
@@ -152,21 +176,34 @@ static void poll_pending(void)
         struct pending *p = &pend[pend_head];
         CUresult q = REAL(cuEventQuery)(p->end);
         if (q == CUDA_ERROR_NOT_READY) break;
-        float ms = 0;
-        uint64_t ns = 0;
-        if (q == CUDA_SUCCESS && REAL(cuEventElapsedTime)(&ms, p->start, p->end) == CUDA_SUCCESS && ms > 0)
-            ns = (uint64_t)((double)ms * 1e6);
+        int ok = 0, ok2 = 0;
+        int64_t ns = q == CUDA_SUCCESS ? elapsed_ns(p->start, p->end, &ok) : 0;
+        if (!ok || ns < 0) ns = 0;
+        int keep_end = ok;
+        if (ok && covered_end[p->di]) {
+            /* the part of this burst before the latest charged end was charged already */
+            int64_t overlap = elapsed_ns(p->start, covered_end[p->di], &ok2);
+            if (ok2 && overlap > 0) {
+                if (overlap >= ns) { ns = 0; keep_end = 0; }
+                else ns -= overlap;
+            }
+        }
         struct lim_dev *l = &ldev[p->di];
         struct vgpu_region_device *d = rdev(l);
-        __atomic_add_fetch(&d->tokens_ns, (int64_t)p->prov - (int64_t)ns, __ATOMIC_SEQ_CST);
-        __atomic_add_fetch(&d->gpu_ns_total, ns, __ATOMIC_RELAXED);
+        tokens_add(l, d, (int64_t)p->prov - ns);
+        __atomic_add_fetch(&d->gpu_ns_total, (uint64_t)ns, __ATOMIC_RELAXED);
         if (p->n) {
-            uint64_t per = ns / p->n;
+            uint64_t per = (uint64_t)ns / p->n;
             l->est_ns = (l->est_ns * 3 + per) / 4;
             if (l->est_ns < 100) l->est_ns = 100;
         }
         ev_put_locked(p->di, p->start);
-        ev_put_locked(p->di, p->end);
+        if (keep_end) {
+            ev_put_locked(p->di, covered_end[p->di]);
+            covered_end[p->di] = p->end;
+        } else {
+            ev_put_locked(p->di, p->end);
+        }
         pend_head = (pend_head + 1) % MAX_PENDING;
         pend_len--;
     }

@@ -57,3 +57,10 @@ lim_report L3 "two claims 10% and 90%" 1:10 2:90
 lim_report L11 "sparse launches (100 us host time between them) 30% beside a saturating 70%" 1:30 2:70
 lim_report L4 "capped 30% beside a best-effort claim (reserved=30, may use 70%)" 1:30 2:70
 lim_report L10 "capped 30% beside an unlimited process" 1:30:atleast
+
+# batch 4: one claim, several processes and threads drawing on one budget
+claim L12 1 $S 400 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L12 1 $S 700 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 &
+claim L13 1 $S 300 linked 0 -- CUDA_DEVICE_SM_LIMIT=40 LIMTEST_THREADS=3 &
+wait
+lim_report L12 "two processes of one 30% claim (shared region): 30% together" 1:30
+lim_report L13 "three launching threads of one 40% claim" 1:40

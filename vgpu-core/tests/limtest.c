@@ -12,6 +12,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -24,12 +25,32 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+struct job { double secs; uint64_t kernel_us; const char *path; double idle_first; CUcontext ctx; };
+static void *run_thread(void *arg);
+
 static int run(double secs, uint64_t kernel_us, const char *path, double idle_first)
 {
     cuInit(0);
     CUcontext c;
     const char *dev = getenv("LIMTEST_DEVICE");
     cuCtxCreate_v2(&c, 0, dev ? atoi(dev) : 0);
+    const char *th = getenv("LIMTEST_THREADS"); /* several launching threads, one stream each */
+    int nth = th ? atoi(th) : 1;
+    struct job j = {secs, kernel_us, path, idle_first, c};
+    pthread_t t[16];
+    for (int i = 1; i < nth && i < 16; i++) pthread_create(&t[i], NULL, run_thread, &j);
+    run_thread(&j);
+    for (int i = 1; i < nth && i < 16; i++) pthread_join(t[i], NULL);
+    return 0;
+}
+
+static void *run_thread(void *arg)
+{
+    struct job *j = arg;
+    double secs = j->secs, idle_first = j->idle_first;
+    uint64_t kernel_us = j->kernel_us;
+    const char *path = j->path;
+    cuCtxSetCurrent(j->ctx);
     CUfunction f;
     cuModuleGetFunction(&f, NULL, "sleep_ns");
     CUstream s;
@@ -59,7 +80,7 @@ static int run(double secs, uint64_t kernel_us, const char *path, double idle_fi
     }
     cuStreamSynchronize(s);
     printf("# launched %ld kernels of %llu us via %s\n", n, (unsigned long long)kernel_us, path);
-    return 0;
+    return NULL;
 }
 
 static int analyze(const char *statef, int argc, char **argv)
