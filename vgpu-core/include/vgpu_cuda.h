@@ -89,6 +89,7 @@ typedef int CUdriverProcAddressQueryResult;
 #define CU_EVENT_BLOCKING_SYNC 1
 #define CU_EVENT_DISABLE_TIMING 2
 #define CU_STREAM_NON_BLOCKING 1
+#define CU_STREAM_PER_THREAD ((CUstream)0x2)
 #define CU_MEM_ATTACH_GLOBAL 1
 
 /* Prototypes: the hooks in libvgpu and the fake driver both define these. */
@@ -143,6 +144,7 @@ X(CUresult, cuGraphLaunch_ptsz, (CUgraphExec g, CUstream s)) \
 X(CUresult, cuStreamCreate, (CUstream *s, unsigned int flags)) \
 X(CUresult, cuStreamDestroy_v2, (CUstream s)) \
 X(CUresult, cuStreamSynchronize, (CUstream s)) \
+X(CUresult, cuStreamIsCapturing, (CUstream s, int *status)) \
 X(CUresult, cuEventCreate, (CUevent *e, unsigned int flags)) \
 X(CUresult, cuEventDestroy_v2, (CUevent e)) \
 X(CUresult, cuEventRecord, (CUevent e, CUstream s)) \

@@ -24,7 +24,7 @@ X(cuGraphLaunch, 1) X(cuGraphLaunch_ptsz, 1) \
 X(cuDeviceGetCount, 0) X(cuDeviceGet, 0) X(cuDeviceGetUuid, 0) X(cuDeviceGetUuid_v2, 0) \
 X(cuCtxGetDevice, 0) X(cuCtxGetCurrent, 0) X(cuCtxSetCurrent, 0) \
 X(cuEventCreate, 0) X(cuEventDestroy_v2, 0) X(cuEventRecord, 0) X(cuEventQuery, 0) \
-X(cuEventElapsedTime, 0) X(cuEventSynchronize, 0)
+X(cuEventElapsedTime, 0) X(cuEventSynchronize, 0) X(cuStreamIsCapturing, 0)
 
 #define VGPU_NVML_FUNCS(X) \
 X(nvmlDeviceGetMemoryInfo, 1) X(nvmlDeviceGetMemoryInfo_v2, 1) \

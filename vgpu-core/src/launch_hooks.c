@@ -3,6 +3,10 @@
 #include "dispatch.h"
 #include "limiter.h"
 
+/* In the _ptsz variants a NULL stream is the calling thread's default stream:
+ * the limiter's events must go there, not to the legacy stream. */
+#define PTSZ(s) ((s) ? (s) : CU_STREAM_PER_THREAD)
+
 #define LAUNCH(stream, call)                                             \
     do {                                                                 \
         if (__builtin_expect(vgpu_lim_active, 0)) {                      \
@@ -24,7 +28,7 @@ VGPU_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy,
                                          unsigned by, unsigned bz, unsigned shm, CUstream s, void **params,
                                          void **extra)
 {
-    LAUNCH(s, REAL(cuLaunchKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shm, s, params, extra));
+    LAUNCH(PTSZ(s), REAL(cuLaunchKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shm, s, params, extra));
 }
 
 VGPU_EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *cfg, CUfunction f, void **params, void **extra)
@@ -34,7 +38,7 @@ VGPU_EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *cfg, CUfunction f, v
 
 VGPU_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *cfg, CUfunction f, void **params, void **extra)
 {
-    LAUNCH(cfg ? cfg->hStream : 0, REAL(cuLaunchKernelEx_ptsz)(cfg, f, params, extra));
+    LAUNCH(PTSZ(cfg ? cfg->hStream : 0), REAL(cuLaunchKernelEx_ptsz)(cfg, f, params, extra));
 }
 
 VGPU_EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
@@ -47,8 +51,8 @@ VGPU_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, u
                                                     unsigned bx, unsigned by, unsigned bz, unsigned shm,
                                                     CUstream s, void **params)
 {
-    LAUNCH(s, REAL(cuLaunchCooperativeKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shm, s, params));
+    LAUNCH(PTSZ(s), REAL(cuLaunchCooperativeKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shm, s, params));
 }
 
 VGPU_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { LAUNCH(s, REAL(cuGraphLaunch)(g, s)); }
-VGPU_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { LAUNCH(s, REAL(cuGraphLaunch_ptsz)(g, s)); }
+VGPU_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { LAUNCH(PTSZ(s), REAL(cuGraphLaunch_ptsz)(g, s)); }

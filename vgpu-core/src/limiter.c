@@ -263,6 +263,10 @@ static void slow(struct burst *b, uint64_t now)
     if (!b->open) {
         int di = lim_dev_index();
         if (di < 0 || !ldev[di].limited) { b->di = -1; return; }
+        /* a stream being captured into a graph runs nothing now: the graph
+         * is charged when launched; and no events may go into the capture */
+        int cap = 0;
+        if (REAL(cuStreamIsCapturing)(b->stream, &cap) == CUDA_SUCCESS && cap) { b->di = -1; return; }
         b->di = di;
         b->n = 0;
         b->prov = 0;
