@@ -9,12 +9,12 @@ env -u CUDA_DEVICE_MEMORY_LIMIT -u CUDA_DEVICE_SM_LIMIT "${common[@]}" "$B/bench
 env "${common[@]}" LD_PRELOAD="$B/libvgpu.so" "$B/bench/bench" > "$W/nolimit"
 env "${common[@]}" LD_PRELOAD="$B/libvgpu.so" CUDA_DEVICE_MEMORY_LIMIT=32g "$B/bench/bench" alloc > "$W/memlimit"
 env "${common[@]}" LD_PRELOAD="$B/libvgpu.so" CUDA_DEVICE_SM_LIMIT=50 "$B/bench/bench" launch > "$W/smlimit"
-printf '\n%-30s %12s %14s %10s %16s %10s\n' "call" "driver ns" "libvgpu ns" "added ns" "configuration" "budget"
+printf '\n%-30s %12s %14s %10s %7s %14s %14s\n' "call" "driver ns" "libvgpu ns" "added ns" "ratio" "configuration" "budget (ns)"
 printf '%s\n' "------------------------------------------------------------------------------------------------"
 row() { # file label budget
     while read -r name ns; do
         base=$(awk -v n="$name" '$1==n {print $2}' "$W/base")
-        printf '%-30s %12.1f %14.1f %10.1f %16s %10s\n' "$name" "$base" "$ns" "$(echo "$ns - $base" | bc -l)" "$2" "$3"
+        printf '%-30s %12.1f %14.1f %10.1f %7.2f %14s %14s\n' "$name" "$base" "$ns" "$(echo "$ns - $base" | bc -l)" "$(echo "$ns / $base" | bc -l)" "$2" "$3"
     done < "$1"
 }
 row "$W/nolimit" "no limit" "20 (launch)"
