@@ -14,7 +14,7 @@ printf '%s\n' "-----------------------------------------------------------------
 row() { # file label budget
     while read -r name ns; do
         base=$(awk -v n="$name" '$1==n {print $2}' "$W/base")
-        printf '%-30s %12.1f %14.1f %10.1f %7.2f %14s %14s\n' "$name" "$base" "$ns" "$(echo "$ns - $base" | bc -l)" "$(echo "$ns / $base" | bc -l)" "$2" "$3"
+        printf '%-30s %12.1f %14.1f %10.1f %7.2f %14s %14s\n' "$name" "$base" "$ns" "$(awk -v a="$ns" -v b="$base" 'BEGIN{print a-b}')" "$(awk -v a="$ns" -v b="$base" 'BEGIN{print a/b}')" "$2" "$3"
     done < "$1"
 }
 row "$W/nolimit" "no limit" "20 (launch)"

@@ -47,7 +47,7 @@ nolim=$(env "${E[@]}" python3 "$HERE/torch_tests.py" train 300 | awk '/RESULT/ {
 memlim=$(env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=16g python3 "$HERE/torch_tests.py" train 300 | awk '/RESULT/ {print $3}')
 smlim=$(env "${E[@]}" CUDA_DEVICE_SM_LIMIT=100 CUDA_DEVICE_MEMORY_LIMIT=16g python3 "$HERE/torch_tests.py" train 300 | awk '/RESULT/ {print $3}')
 say "ms/step: driver $base | libvgpu no limit $nolim | memory limit $memlim | memory limit + share 100 $smlim"
-say "overhead: no limit $(echo "($nolim/$base-1)*100" | bc -l | cut -c1-5)% | memory limit $(echo "($memlim/$base-1)*100" | bc -l | cut -c1-5)%"
+say "overhead: $(awk -v b="$base" -v n="$nolim" -v m="$memlim" -v s="$smlim" 'BEGIN{printf "no limit %.2f%% | memory limit %.2f%% | memory limit + share 100 %.2f%%", (n/b-1)*100, (m/b-1)*100, (s/b-1)*100}')"
 
 say "== compute shares (completed work on the device)"
 solo=$("$W/spin" 5 500 | tee -a "$RES" | sed 's/.*share \([0-9.]*\)%.*/\1/')
