@@ -15,6 +15,9 @@ check() { local name=$1; shift; if "$@"; then say "ok - $name"; PASS=$((PASS+1))
 if ! ldconfig -p | grep -q 'libcuda.so.1'; then echo "no CUDA driver here: test-gpu needs a GPU machine"; exit 1; fi
 nvidia-smi -L | tee -a "$RES"
 CC=${CC:-gcc}
+LDIR=$(dirname "$(ldconfig -p | awk '/libcuda.so.1/ {print $NF; exit}')")
+NDIR=$(dirname "$(ldconfig -p | awk '/libnvidia-ml.so.1/ {print $NF; exit}')")
+export LIBRARY_PATH="$LDIR:$NDIR${LIBRARY_PATH:+:$LIBRARY_PATH}"
 $CC -DVGPU_REAL_GPU -O2 -std=gnu11 -I"$ROOT/include" -I"$ROOT/tests" -o "$W/vt" "$ROOT/tests/vt.c" \
     -l:libcuda.so.1 -l:libnvidia-ml.so.1 -ldl -pthread -lm || exit 1
 $CC -O2 -std=gnu11 -I"$ROOT/include" -o "$W/spin" "$HERE/gpu_spin.c" -l:libcuda.so.1 || exit 1
