@@ -16,7 +16,7 @@ func TestDecodeConfig(t *testing.T) {
 		{"wrong version", `{"apiVersion":"vgpu.hami.io/v9","kind":"VgpuConfig"}`, `unsupported apiVersion`},
 		{"bad policy", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig","computePolicy":"hard"}`, `computePolicy: unsupported value "hard", allowed values: "HardCap", "BestEffort"`},
 		{"bad log level", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig","logLevel":7}`, `logLevel: 7 out of range`},
-		{"trailing", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig"} {}`, `trailing data`},
+		{"trailing", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig"} {}`, `after top-level value`},
 		{"not json", `xx`, `decode config`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
