@@ -1,23 +1,25 @@
 // Package driver implements the node side of the hami-dra DRA driver: the
 // kubeletplugin.DRAPlugin that prepares and unprepares ResourceClaims by
 // writing one CDI spec per claim that carries the claim's GPU quotas to
-// libvgpu (see vgpu-core/CONTRACT.md).
+// libvgpu (see vgpu-core/CONTRACT.md and README.md in this directory).
 package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
-	resourceapi "k8s.io/api/resource/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
 
+	"github.com/hami-dra/hami-dra/internal/checkpoint"
 	"github.com/hami-dra/hami-dra/internal/discovery"
+	"github.com/hami-dra/hami-dra/internal/inventory"
 )
 
 // Config is what the driver needs from the command line. Zero values of the
@@ -40,12 +42,12 @@ type Config struct {
 	// per-GPU reservation files. It must be on persistent host storage.
 	StateDir string
 	// LibvgpuHostPath is the host path of libvgpu.so. It must be versioned
-	// and never rewritten in place: running containers mmap it.
+	// and never rewritten in place: running containers mmap it. Start and
+	// every Prepare fail when it is missing (fail closed).
 	LibvgpuHostPath string
 
-	// DevRoot is the host directory that holds the NVIDIA device nodes
-	// ("/" on a real node, so /dev/nvidia0 is used as is). Tests and
-	// simulated nodes point it elsewhere. Default "/".
+	// DevRoot is the host directory that holds dev/nvidia* ("/" on a real
+	// node). Tests and simulated nodes point it elsewhere. Default "/".
 	DevRoot string
 	// ComposeNvidiaCDI makes Prepare also return the NVIDIA Container
 	// Toolkit's CDI device of each GPU (NvidiaCDIKind=<UUID>), so the
@@ -56,7 +58,7 @@ type Config struct {
 	// "nvidia.com/gpu".
 	NvidiaCDIKind string
 	// DeviceName maps a GPU to its device name in the ResourceSlice; it
-	// must be the function the inventory uses. Default DefaultDeviceName.
+	// must be the function the inventory uses. Default inventory.DeviceName.
 	DeviceName func(discovery.GPU) string
 	// CleanupInterval is how often prepared claims are checked against the
 	// API server (deleted or re-created claims are unprepared). Default one
@@ -65,31 +67,113 @@ type Config struct {
 	// BootIDPath is read to tie the checkpoint to the current boot. Default
 	// /proc/sys/kernel/random/boot_id.
 	BootIDPath string
+	// MaxParallelClaims bounds how many claims of one gRPC call are
+	// prepared at once. Default 16.
+	MaxParallelClaims int
+}
+
+func (c *Config) setDefaults() {
+	if c.DevRoot == "" {
+		c.DevRoot = "/"
+	}
+	if c.NvidiaCDIKind == "" {
+		c.NvidiaCDIKind = "nvidia.com/gpu"
+	}
+	if c.DeviceName == nil {
+		c.DeviceName = inventory.DeviceName
+	}
+	if c.CleanupInterval == 0 {
+		c.CleanupInterval = time.Minute
+	}
+	if c.BootIDPath == "" {
+		c.BootIDPath = "/proc/sys/kernel/random/boot_id"
+	}
+	if c.MaxParallelClaims <= 0 {
+		c.MaxParallelClaims = 16
+	}
 }
 
 // Driver is the running node plugin.
 type Driver struct {
 	cfg    Config
 	helper *kubeletplugin.Helper
+	store  *checkpoint.Store
+
+	gpusMu sync.RWMutex
+	gpus   map[string]discovery.GPU // by device name
+
+	claimLocks keyedMutex
+	// resMu serialises writes of the per-GPU reservation files so that a
+	// file always reflects a checkpoint state at least as new as the one
+	// the previous writer saw.
+	resMu sync.Mutex
+
+	stopBackground context.CancelFunc
+	wg             sync.WaitGroup
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
 
-// Start recovers the state left by a previous run, then serves the DRA and
-// registration gRPC services through kubeletplugin.Start.
+func (d *Driver) claimsDir() string          { return filepath.Join(d.cfg.StateDir, "claims") }
+func (d *Driver) claimDir(uid string) string { return filepath.Join(d.claimsDir(), uid) }
+func (d *Driver) gpuStateDir() string        { return filepath.Join(d.cfg.StateDir, "gpus") }
+func (d *Driver) preloadPath() string        { return filepath.Join(d.cfg.StateDir, "ld.so.preload") }
+
+// Start recovers the state left by a previous run (see recover.go), then
+// serves the DRA and registration gRPC services through kubeletplugin.Start
+// and starts the periodic cleanup.
 func Start(ctx context.Context, cfg Config, gpus []discovery.GPU) (*Driver, error) {
-	d := &Driver{cfg: cfg}
+	cfg.setDefaults()
+	logger := klog.FromContext(ctx)
+	if cfg.DriverName == "" || cfg.StateDir == "" || cfg.CDIRoot == "" || cfg.LibvgpuHostPath == "" {
+		return nil, fmt.Errorf("driver config: DriverName, StateDir, CDIRoot and LibvgpuHostPath must be set")
+	}
+	if _, err := os.Stat(cfg.LibvgpuHostPath); err != nil {
+		return nil, fmt.Errorf("libvgpu.so not usable, refusing to run without enforcement: %w", err)
+	}
+	for _, dir := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "claims"), filepath.Join(cfg.StateDir, "gpus"), cfg.CDIRoot} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	bootID, err := checkpoint.ReadBootID(cfg.BootIDPath)
+	if err != nil {
+		return nil, err
+	}
+	store, prevBoot, err := checkpoint.Open(filepath.Join(cfg.StateDir, "checkpoint.json"), bootID)
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{cfg: cfg, store: store}
+	d.UpdateGPUs(gpus)
+	if err := d.recover(ctx, prevBoot != bootID); err != nil {
+		return nil, fmt.Errorf("recover state: %w", err)
+	}
+
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(cfg.DriverName),
 		kubeletplugin.NodeName(cfg.NodeName),
 		kubeletplugin.KubeClient(cfg.KubeClient),
 		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDataDir),
 		kubeletplugin.RegistrarDirectoryPath(cfg.RegistrarDir),
+		// We lock per claim and per shared file ourselves, so claims of
+		// different pods are prepared in parallel (see README "Locking").
+		kubeletplugin.Serialize(false),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("start kubelet plugin: %w", err)
 	}
 	d.helper = helper
+
+	bg, cancel := context.WithCancel(klog.NewContext(context.WithoutCancel(ctx), logger.WithName("cleanup")))
+	d.stopBackground = cancel
+	if cfg.CleanupInterval > 0 {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.cleanupLoop(bg, cfg.CleanupInterval)
+		}()
+	}
 	return d, nil
 }
 
@@ -98,27 +182,48 @@ func (d *Driver) PublishResources(ctx context.Context, res resourceslice.DriverR
 	return d.helper.PublishResources(ctx, res)
 }
 
-// UpdateGPUs replaces the set of GPUs that claims may refer to.
-func (d *Driver) UpdateGPUs(gpus []discovery.GPU) {}
+// UpdateGPUs replaces the set of GPUs that new claims may refer to. Claims
+// already prepared keep what they recorded in the checkpoint.
+func (d *Driver) UpdateGPUs(gpus []discovery.GPU) {
+	m := make(map[string]discovery.GPU, len(gpus))
+	for _, g := range gpus {
+		m[d.cfg.DeviceName(g)] = g
+	}
+	d.gpusMu.Lock()
+	d.gpus = m
+	d.gpusMu.Unlock()
+}
+
+func (d *Driver) gpuByDeviceName(name string) (discovery.GPU, bool) {
+	d.gpusMu.RLock()
+	defer d.gpusMu.RUnlock()
+	g, ok := d.gpus[name]
+	return g, ok
+}
+
+// Registered reports whether the kubelet has registered the plugin; it is
+// what /readyz reports.
+func (d *Driver) Registered() bool {
+	if d.helper == nil {
+		return false
+	}
+	st := d.helper.RegistrationStatus()
+	return st != nil && st.PluginRegistered
+}
 
 // Stop stops the gRPC services and background loops.
 func (d *Driver) Stop() {
+	if d.stopBackground != nil {
+		d.stopBackground()
+	}
+	d.wg.Wait()
 	if d.helper != nil {
 		d.helper.Stop()
 	}
 }
 
-// PrepareResourceClaims implements kubeletplugin.DRAPlugin.
-func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	return nil, errors.New("not implemented")
-}
-
-// UnprepareResourceClaims implements kubeletplugin.DRAPlugin.
-func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
-	return nil, errors.New("not implemented")
-}
-
-// HandleError implements kubeletplugin.DRAPlugin.
+// HandleError implements kubeletplugin.DRAPlugin: background errors (slice
+// publishing) are logged; the helper retries recoverable ones.
 func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 	klog.FromContext(ctx).Error(err, msg)
 }
@@ -127,4 +232,49 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 // reported yet.
 func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
 	return kubeletplugin.ErrHealthNotSupported
+}
+
+// keyedMutex is a mutex per key (claim UID), freed when unused.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) func() {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedEntry{}
+	}
+	e := k.locks[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.locks[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.refs--
+		if e.refs == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// crashHook is nil in production. Tests set it to kill the process at a
+// named step, to show that recovery converges from every step.
+var crashHook func(point string)
+
+func crashPoint(point string) {
+	if crashHook != nil {
+		crashHook(point)
+	}
 }

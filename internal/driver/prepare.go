@@ -1,0 +1,291 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/klog/v2"
+
+	"github.com/hami-dra/hami-dra/cdi"
+	"github.com/hami-dra/hami-dra/internal/checkpoint"
+)
+
+// Crash points, in the order the steps run. Tests kill the plugin at each.
+const (
+	cpPrepareStarted    = "prepare/checkpoint-started"
+	cpPrepareClaimDir   = "prepare/claim-dir"
+	cpPrepareCDISpec    = "prepare/cdi-spec"
+	cpPrepareCompleted  = "prepare/checkpoint-completed"
+	cpPrepareReserved   = "prepare/reservations"
+	cpUnprepareStarted  = "unprepare/checkpoint-started"
+	cpUnprepareCDISpec  = "unprepare/cdi-spec-removed"
+	cpUnprepareClaimDir = "unprepare/claim-dir-removed"
+	cpUnprepareDeleted  = "unprepare/checkpoint-deleted"
+	cpUnprepareReserved = "unprepare/reservations"
+)
+
+// CrashPoints lists every named step, for tests.
+var CrashPoints = []string{cpPrepareStarted, cpPrepareClaimDir, cpPrepareCDISpec, cpPrepareCompleted, cpPrepareReserved,
+	cpUnprepareStarted, cpUnprepareCDISpec, cpUnprepareClaimDir, cpUnprepareDeleted, cpUnprepareReserved}
+
+// PrepareResourceClaims implements kubeletplugin.DRAPlugin. Claims are
+// prepared in parallel; each fails on its own.
+func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	var mu sync.Mutex
+	d.forEach(len(claims), func(i int) {
+		claim := claims[i]
+		logger := klog.FromContext(ctx).WithValues("claim", klog.KObj(claim), "uid", claim.UID)
+		devs, err := d.prepareClaim(klog.NewContext(ctx, logger), claim)
+		if err != nil {
+			logger.Error(err, "Prepare failed")
+			err = fmt.Errorf("hami-dra: prepare claim %s/%s: %w", claim.Namespace, claim.Name, err)
+		}
+		mu.Lock()
+		out[claim.UID] = kubeletplugin.PrepareResult{Devices: devs, Err: err}
+		mu.Unlock()
+	})
+	return out, nil
+}
+
+// UnprepareResourceClaims implements kubeletplugin.DRAPlugin. Unknown claims
+// succeed: the kubelet retries and may ask twice.
+func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out := make(map[types.UID]error, len(claims))
+	var mu sync.Mutex
+	d.forEach(len(claims), func(i int) {
+		c := claims[i]
+		logger := klog.FromContext(ctx).WithValues("claim", c.NamespacedName, "uid", c.UID)
+		err := d.unprepareClaim(klog.NewContext(ctx, logger), string(c.UID))
+		if err != nil {
+			logger.Error(err, "Unprepare failed")
+		}
+		mu.Lock()
+		out[c.UID] = err
+		mu.Unlock()
+	})
+	return out, nil
+}
+
+func (d *Driver) forEach(n int, fn func(i int)) {
+	sem := make(chan struct{}, d.cfg.MaxParallelClaims)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			fn(i)
+		}()
+	}
+	wg.Wait()
+}
+
+func devicesOf(rec checkpoint.Claim) []kubeletplugin.Device {
+	out := make([]kubeletplugin.Device, 0, len(rec.Devices))
+	for i, dev := range rec.Devices {
+		kd := kubeletplugin.Device{Requests: []string{dev.Request}, PoolName: dev.Pool, DeviceName: dev.DeviceName, CDIDeviceIDs: rec.CDIDeviceIDs[i]}
+		if dev.ShareID != "" {
+			id := types.UID(dev.ShareID)
+			kd.ShareID = &id
+		}
+		out = append(out, kd)
+	}
+	return out
+}
+
+// prepareClaim runs the steps of Prepare under the claim's lock. Files of
+// one claim (its CDI spec, its directory) are touched only under that lock;
+// the shared files (checkpoint, per-GPU reservations) have their own
+// locks. A failure after the first step rolls the claim back.
+func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
+	uid := string(claim.UID)
+	unlock := d.claimLocks.lock(uid)
+	defer unlock()
+
+	if rec, ok := d.store.Get(uid); ok {
+		switch rec.State {
+		case checkpoint.PrepareCompleted:
+			// Idempotent: same devices; rebuild what vanished (CDI specs
+			// live on tmpfs and are gone after a reboot).
+			if err := d.ensureFiles(ctx, uid, rec, false); err != nil {
+				return nil, err
+			}
+			return devicesOf(rec), nil
+		default:
+			if err := d.removeClaim(ctx, uid, rec); err != nil {
+				return nil, fmt.Errorf("clean up earlier attempt: %w", err)
+			}
+		}
+	}
+
+	rec, err := d.plan(claim)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(d.cfg.LibvgpuHostPath); err != nil {
+		return nil, fmt.Errorf("libvgpu.so is missing on the node, refusing to start the workload without quota enforcement: %w", err)
+	}
+
+	d.store.Put(uid, rec)
+	if err := d.store.Sync(); err != nil {
+		d.store.Delete(uid)
+		return nil, err
+	}
+	crashPoint(cpPrepareStarted)
+
+	if err := d.ensureFiles(ctx, uid, rec, true); err != nil {
+		if rbErr := d.removeClaim(ctx, uid, rec); rbErr != nil {
+			klog.FromContext(ctx).Error(rbErr, "Rollback failed; the next start or prepare repairs it")
+		}
+		return nil, err
+	}
+
+	rec.State = checkpoint.PrepareCompleted
+	d.store.Put(uid, rec)
+	if err := d.store.Sync(); err != nil {
+		if rbErr := d.removeClaim(ctx, uid, rec); rbErr != nil {
+			klog.FromContext(ctx).Error(rbErr, "Rollback failed; the next start or prepare repairs it")
+		}
+		return nil, err
+	}
+	crashPoint(cpPrepareCompleted)
+
+	if err := d.writeReservations(gpuUUIDs(rec)); err != nil {
+		return nil, err
+	}
+	crashPoint(cpPrepareReserved)
+	klog.FromContext(ctx).V(2).Info("Prepared", "gpus", rec.GPUs)
+	return devicesOf(rec), nil
+}
+
+// ensureFiles creates the claim directory and (re)writes the CDI spec when
+// it is missing or always is set.
+func (d *Driver) ensureFiles(ctx context.Context, uid string, rec checkpoint.Claim, always bool) error {
+	dir := d.claimDir(uid)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create claim directory: %w", err)
+	}
+	// libvgpu in the container writes its accounting region here under
+	// whatever user the pod runs as; the directory holds nothing else.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		return fmt.Errorf("chmod claim directory: %w", err)
+	}
+	crashPoint(cpPrepareClaimDir)
+	if !always && cdi.Exists(d.cfg.CDIRoot, uid) {
+		return nil
+	}
+	spec, err := d.claimSpec(uid, rec).Build()
+	if err != nil {
+		return err
+	}
+	if err := cdi.Write(d.cfg.CDIRoot, uid, spec); err != nil {
+		return err
+	}
+	crashPoint(cpPrepareCDISpec)
+	if !always {
+		klog.FromContext(ctx).Info("Rewrote vanished CDI spec")
+	}
+	return nil
+}
+
+func (d *Driver) claimSpec(uid string, rec checkpoint.Claim) cdi.ClaimSpec {
+	s := cdi.ClaimSpec{
+		ClaimUID: uid, Env: rec.Env, DevRoot: d.cfg.DevRoot,
+		LibvgpuHostPath: d.cfg.LibvgpuHostPath, PreloadHostPath: d.preloadPath(),
+		ClaimHostDir: d.claimDir(uid), GPUStateHostDir: d.gpuStateDir(),
+	}
+	for _, g := range rec.GPUs {
+		s.GPUs = append(s.GPUs, cdi.GPU{UUID: g.UUID, Minor: g.Minor})
+	}
+	return s
+}
+
+// unprepareClaim undoes prepareClaim; an unknown claim succeeds.
+func (d *Driver) unprepareClaim(ctx context.Context, uid string) error {
+	unlock := d.claimLocks.lock(uid)
+	defer unlock()
+	rec, ok := d.store.Get(uid)
+	if !ok {
+		// Nothing recorded; remove strays a lost checkpoint may have left.
+		if err := cdi.Remove(d.cfg.CDIRoot, uid); err != nil {
+			return err
+		}
+		return os.RemoveAll(d.claimDir(uid))
+	}
+	return d.removeClaim(ctx, uid, rec)
+}
+
+// removeClaim is the unprepare sequence, also used for rollback.
+func (d *Driver) removeClaim(ctx context.Context, uid string, rec checkpoint.Claim) error {
+	rec.State = checkpoint.UnprepareStarted
+	d.store.Put(uid, rec)
+	if err := d.store.Sync(); err != nil {
+		return err
+	}
+	crashPoint(cpUnprepareStarted)
+	if err := cdi.Remove(d.cfg.CDIRoot, uid); err != nil {
+		return err
+	}
+	crashPoint(cpUnprepareCDISpec)
+	if err := os.RemoveAll(d.claimDir(uid)); err != nil {
+		return fmt.Errorf("remove claim directory: %w", err)
+	}
+	crashPoint(cpUnprepareClaimDir)
+	d.store.Delete(uid)
+	if err := d.store.Sync(); err != nil {
+		return err
+	}
+	crashPoint(cpUnprepareDeleted)
+	if err := d.writeReservations(gpuUUIDs(rec)); err != nil {
+		return err
+	}
+	crashPoint(cpUnprepareReserved)
+	klog.FromContext(ctx).V(2).Info("Unprepared")
+	return nil
+}
+
+func gpuUUIDs(rec checkpoint.Claim) []string {
+	out := make([]string, 0, len(rec.GPUs))
+	for _, g := range rec.GPUs {
+		out = append(out, g.UUID)
+	}
+	return out
+}
+
+// reservedCores sums the cores of completed claims per GPU.
+func (d *Driver) reservedCores() map[string]int64 {
+	sum := map[string]int64{}
+	for _, c := range d.store.Claims() {
+		if c.State != checkpoint.PrepareCompleted {
+			continue
+		}
+		for _, g := range c.GPUs {
+			sum[g.UUID] += g.Cores
+		}
+	}
+	return sum
+}
+
+// writeReservations rewrites the per-GPU files of CONTRACT.md from the
+// checkpoint. They are derived data (recomputed at every start), so they
+// are replaced atomically but not fsynced.
+func (d *Driver) writeReservations(uuids []string) error {
+	d.resMu.Lock()
+	defer d.resMu.Unlock()
+	sum := d.reservedCores()
+	for _, u := range uuids {
+		data := []byte("version=1\nreserved=" + strconv.FormatInt(sum[u], 10) + "\n")
+		if err := checkpoint.WriteFileAtomic(filepath.Join(d.gpuStateDir(), u), data, 0o644, false); err != nil {
+			return fmt.Errorf("write reservation of %s: %w", u, err)
+		}
+	}
+	return nil
+}
