@@ -20,6 +20,7 @@ import (
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 	"github.com/hami-dra/hami-dra/internal/discovery"
 	"github.com/hami-dra/hami-dra/internal/inventory"
+	"github.com/hami-dra/hami-dra/internal/metrics"
 )
 
 // Config is what the driver needs from the command line. Zero values of the
@@ -277,4 +278,21 @@ func crashPoint(point string) {
 	if crashHook != nil {
 		crashHook(point)
 	}
+}
+
+// PreparedClaims implements metrics.Source: the completed claims and their
+// quotas, from the checkpoint.
+func (d *Driver) PreparedClaims() []metrics.ClaimQuota {
+	var out []metrics.ClaimQuota
+	for uid, c := range d.store.Claims() {
+		if c.State != checkpoint.PrepareCompleted {
+			continue
+		}
+		q := metrics.ClaimQuota{Namespace: c.Namespace, Name: c.Name, UID: uid}
+		for i, g := range c.GPUs {
+			q.GPUs = append(q.GPUs, metrics.GPUQuota{Index: i, UUID: g.UUID, MemoryBytes: g.MemoryBytes, Cores: g.Cores})
+		}
+		out = append(out, q)
+	}
+	return out
 }

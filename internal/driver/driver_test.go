@@ -157,6 +157,9 @@ func TestTwoClaimsShareOneGPU(t *testing.T) {
 	if r := e.reserved(t, 1); r != "80" {
 		t.Fatalf("reserved=%s, want 80", r)
 	}
+	if pc := e.drv.PreparedClaims(); len(pc) != 2 || pc[0].GPUs[0].UUID != testGPUs[1].UUID {
+		t.Fatalf("PreparedClaims = %+v", pc)
+	}
 	if ea, eb := e.specEnv(t, "uid-a"), e.specEnv(t, "uid-b"); ea["CUDA_DEVICE_SM_LIMIT_0"] != "30" || eb["CUDA_DEVICE_SM_LIMIT_0"] != "50" {
 		t.Fatalf("limits a=%v b=%v", ea, eb)
 	}

@@ -1,0 +1,119 @@
+// Package metrics serves the plugin's Prometheus metrics and its health
+// endpoints. Values are read from the driver at scrape time, so the metrics
+// can never disagree with the checkpoint.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+)
+
+// GPUQuota is a claim's quota on one GPU.
+type GPUQuota struct {
+	// Index is the quota index i of CUDA_DEVICE_*_LIMIT_<i>.
+	Index       int
+	UUID        string
+	MemoryBytes int64
+	Cores       int64
+}
+
+// ClaimQuota is one prepared claim.
+type ClaimQuota struct {
+	Namespace, Name, UID string
+	GPUs                 []GPUQuota
+}
+
+// Source is what the metrics are computed from (the driver).
+type Source interface {
+	// PreparedClaims returns the claims whose preparation completed.
+	PreparedClaims() []ClaimQuota
+}
+
+var (
+	claimLabels     = []string{"namespace", "claim", "uid", "gpu_uuid", "index"}
+	descClaimMemory = prometheus.NewDesc("hami_dra_claim_memory_limit_bytes",
+		"Memory quota of a prepared claim on one GPU.", claimLabels, nil)
+	descClaimCores = prometheus.NewDesc("hami_dra_claim_cores_limit_percent",
+		"Compute share of a prepared claim on one GPU, percent of the GPU.", claimLabels, nil)
+	descPrepared = prometheus.NewDesc("hami_dra_prepared_claims",
+		"Number of claims prepared on this node.", nil, nil)
+	descGPUMemory = prometheus.NewDesc("hami_dra_gpu_allocated_memory_bytes",
+		"Sum of the memory quotas of prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
+	descGPUCores = prometheus.NewDesc("hami_dra_gpu_allocated_cores_percent",
+		"Sum of the compute shares of prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
+)
+
+type collector struct{ src Source }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descClaimMemory, descClaimCores, descPrepared, descGPUMemory, descGPUCores} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	claims := c.src.PreparedClaims()
+	mem, cores := map[string]int64{}, map[string]int64{}
+	for _, cl := range claims {
+		for _, g := range cl.GPUs {
+			idx := strconv.Itoa(g.Index)
+			ch <- prometheus.MustNewConstMetric(descClaimMemory, prometheus.GaugeValue, float64(g.MemoryBytes), cl.Namespace, cl.Name, cl.UID, g.UUID, idx)
+			ch <- prometheus.MustNewConstMetric(descClaimCores, prometheus.GaugeValue, float64(g.Cores), cl.Namespace, cl.Name, cl.UID, g.UUID, idx)
+			mem[g.UUID] += g.MemoryBytes
+			cores[g.UUID] += g.Cores
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descPrepared, prometheus.GaugeValue, float64(len(claims)))
+	for u, v := range mem {
+		ch <- prometheus.MustNewConstMetric(descGPUMemory, prometheus.GaugeValue, float64(v), u)
+		ch <- prometheus.MustNewConstMetric(descGPUCores, prometheus.GaugeValue, float64(cores[u]), u)
+	}
+}
+
+// Handler serves /metrics, /healthz (the process answers) and /readyz
+// (ready() is true: the plugin is registered with the kubelet).
+func Handler(src Source, ready func() bool) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{src}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready == nil || !ready() {
+			http.Error(w, "not registered with the kubelet\n", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// Serve listens on addr (e.g. ":8080") until ctx is canceled.
+func Serve(ctx context.Context, addr string, src Source, ready func() bool) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: Handler(src, ready), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	klog.FromContext(ctx).Info("Serving metrics", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics server: %w", err)
+	}
+	return nil
+}
