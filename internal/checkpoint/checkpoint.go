@@ -135,6 +135,28 @@ func Open(path, bootID string) (*Store, string, error) {
 	return s, prev, nil
 }
 
+// Reload replaces the in-memory claims with the file's. It is used when
+// another plugin instance may have written the file (rolling update), under
+// the lock that serialises the instances.
+func (s *Store) Reload() error {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read checkpoint: %w", err)
+	}
+	f, err := Decode(data)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.file.Claims = f.Claims
+	s.gen++
+	s.mu.Unlock()
+	return nil
+}
+
 // Get returns a claim's record.
 func (s *Store) Get(uid string) (Claim, bool) {
 	s.mu.Lock()

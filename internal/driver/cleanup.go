@@ -17,7 +17,7 @@ func (d *Driver) cleanupLoop(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.cleanup(ctx)
+			_ = d.withInstanceLock(func() error { d.cleanup(ctx); return nil })
 		}
 	}
 }

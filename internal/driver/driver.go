@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
@@ -68,6 +70,12 @@ type Config struct {
 	// BootIDPath is read to tie the checkpoint to the current boot. Default
 	// /proc/sys/kernel/random/boot_id.
 	BootIDPath string
+	// RollingUpdateUID, when set, is the plugin pod's UID: it enables
+	// kubeletplugin.RollingUpdate, so an old and a new plugin pod may serve
+	// at the same time. The two instances then serialise every call,
+	// recovery and cleanup through a file lock in PluginDataDir and re-read
+	// the checkpoint under it (claims are then not prepared in parallel).
+	RollingUpdateUID types.UID
 	// MaxParallelClaims bounds how many claims of one gRPC call are
 	// prepared at once. Default 16.
 	MaxParallelClaims int
@@ -104,6 +112,9 @@ type Driver struct {
 	gpus   map[string]discovery.GPU // by device name
 
 	claimLocks keyedMutex
+	// admitMu makes the node-wide capacity check and the recording of a
+	// new claim one step, so two claims cannot both take the last share.
+	admitMu sync.Mutex
 	// resMu serialises writes of the per-GPU reservation files so that a
 	// file always reflects a checkpoint state at least as new as the one
 	// the previous writer saw.
@@ -147,20 +158,27 @@ func Start(ctx context.Context, cfg Config, gpus []discovery.GPU) (*Driver, erro
 	}
 	d := &Driver{cfg: cfg, store: store}
 	d.UpdateGPUs(gpus)
-	if err := d.recover(ctx, prevBoot != bootID); err != nil {
+	if err := d.withInstanceLock(func() error { return d.recover(ctx, prevBoot != bootID) }); err != nil {
 		return nil, fmt.Errorf("recover state: %w", err)
 	}
 
-	helper, err := kubeletplugin.Start(ctx, d,
+	opts := []kubeletplugin.Option{
 		kubeletplugin.DriverName(cfg.DriverName),
 		kubeletplugin.NodeName(cfg.NodeName),
 		kubeletplugin.KubeClient(cfg.KubeClient),
 		kubeletplugin.PluginDataDirectoryPath(cfg.PluginDataDir),
 		kubeletplugin.RegistrarDirectoryPath(cfg.RegistrarDir),
+	}
+	if cfg.RollingUpdateUID != "" {
+		// The helper then serialises calls with a file lock at
+		// instanceLockPath, shared with the other instance.
+		opts = append(opts, kubeletplugin.RollingUpdate(cfg.RollingUpdateUID))
+	} else {
 		// We lock per claim and per shared file ourselves, so claims of
 		// different pods are prepared in parallel (see README "Locking").
-		kubeletplugin.Serialize(false),
-	)
+		opts = append(opts, kubeletplugin.Serialize(false))
+	}
+	helper, err := kubeletplugin.Start(ctx, d, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start kubelet plugin: %w", err)
 	}
@@ -202,6 +220,17 @@ func (d *Driver) gpuByDeviceName(name string) (discovery.GPU, bool) {
 	return g, ok
 }
 
+func (d *Driver) gpuByUUID(uuid string) (discovery.GPU, bool) {
+	d.gpusMu.RLock()
+	defer d.gpusMu.RUnlock()
+	for _, g := range d.gpus {
+		if g.UUID == uuid {
+			return g, true
+		}
+	}
+	return discovery.GPU{}, false
+}
+
 // Registered reports whether the kubelet has registered the plugin; it is
 // what /readyz reports.
 func (d *Driver) Registered() bool {
@@ -233,6 +262,33 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 // reported yet.
 func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
 	return kubeletplugin.ErrHealthNotSupported
+}
+
+// instanceLockPath is the file kubeletplugin locks to serialise calls when
+// rolling updates are enabled.
+func (d *Driver) instanceLockPath() string {
+	return filepath.Join(d.cfg.PluginDataDir, "serialize.lock")
+}
+
+// withInstanceLock runs fn excluding the other plugin instance during a
+// rolling update (and re-reads the checkpoint it may have changed); without
+// rolling updates there is no other instance and fn just runs.
+func (d *Driver) withInstanceLock(fn func() error) error {
+	if d.cfg.RollingUpdateUID == "" {
+		return fn()
+	}
+	if err := os.MkdirAll(d.cfg.PluginDataDir, 0o750); err != nil {
+		return err
+	}
+	f, err := fileutil.LockFile(d.instanceLockPath(), os.O_RDWR|os.O_CREATE, 0o666)
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", d.instanceLockPath(), err)
+	}
+	defer f.Close()
+	if err := d.store.Reload(); err != nil {
+		return err
+	}
+	return fn()
 }
 
 // keyedMutex is a mutex per key (claim UID), freed when unused.

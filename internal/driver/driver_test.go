@@ -11,6 +11,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 )
 
@@ -272,5 +273,56 @@ func TestRebootRebuildsSpecsAndResetsAccounting(t *testing.T) {
 		t.Fatalf("spec not rebuilt: %v", env)
 	}
 	e.unprepare(t, c)
+	assertClean(t, e)
+}
+
+func TestOverCommitAcrossClaimsIsRefused(t *testing.T) {
+	a := newClaim("first", []share{{"gpu", 1, "10Gi", "60"}})
+	b := newClaim("cores", []share{{"gpu", 1, "1Gi", "50"}})
+	c := newClaim("memory", []share{{"gpu", 1, "7Gi", "10"}})
+	e := newEnv(t, a, b, c)
+	if r := e.prepare(t, a)[string(a.UID)]; r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	res := e.prepare(t, b, c)
+	if !strings.Contains(res[string(b.UID)].Error, "over-committed: prepared claims hold 60 cores") {
+		t.Errorf("cores: %q", res[string(b.UID)].Error)
+	}
+	if !strings.Contains(res[string(c.UID)].Error, "over-committed: prepared claims hold 10737418240 bytes") {
+		t.Errorf("memory: %q", res[string(c.UID)].Error)
+	}
+	if r := e.reserved(t, 1); r != "60" {
+		t.Fatalf("reserved=%s, want 60", r)
+	}
+}
+
+// TestRollingUpdateInstancesShareState: during a rolling update the new
+// instance unprepares a claim the old one prepared after the new one
+// started; it must re-read the checkpoint.
+func TestRollingUpdateInstancesShareState(t *testing.T) {
+	c := newClaim("rolling", []share{{"gpu", 0, "1Gi", "10"}})
+	e := newEnv(t, c)
+	e.stop()
+	ctx := klog.NewContext(context.Background(), klog.Background())
+	oldCfg, newCfg := e.cfg, e.cfg
+	oldCfg.RollingUpdateUID, newCfg.RollingUpdateUID = "pod-old", "pod-new"
+	oldDrv, err := Start(ctx, oldCfg, testGPUs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldDrv.Stop()
+	newDrv, err := Start(ctx, newCfg, testGPUs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newDrv.Stop()
+	res, err := oldDrv.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
+	if err != nil || res[c.UID].Err != nil {
+		t.Fatalf("prepare on old instance: %v %v", err, res[c.UID].Err)
+	}
+	ures, err := newDrv.UnprepareResourceClaims(ctx, []kubeletplugin.NamespacedObject{{UID: c.UID}})
+	if err != nil || ures[c.UID] != nil {
+		t.Fatalf("unprepare on new instance: %v %v", err, ures[c.UID])
+	}
 	assertClean(t, e)
 }

@@ -38,6 +38,13 @@ var CrashPoints = []string{cpPrepareStarted, cpPrepareClaimDir, cpPrepareCDISpec
 // PrepareResourceClaims implements kubeletplugin.DRAPlugin. Claims are
 // prepared in parallel; each fails on its own.
 func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	if d.cfg.RollingUpdateUID != "" {
+		// The helper holds the instances' file lock; the other instance
+		// may have changed the checkpoint since we last read it.
+		if err := d.store.Reload(); err != nil {
+			return nil, err
+		}
+	}
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
 	var mu sync.Mutex
 	d.forEach(len(claims), func(i int) {
@@ -58,6 +65,11 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin. Unknown claims
 // succeed: the kubelet retries and may ask twice.
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	if d.cfg.RollingUpdateUID != "" {
+		if err := d.store.Reload(); err != nil {
+			return nil, err
+		}
+	}
 	out := make(map[types.UID]error, len(claims))
 	var mu sync.Mutex
 	d.forEach(len(claims), func(i int) {
@@ -134,7 +146,9 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 		return nil, fmt.Errorf("libvgpu.so is missing on the node, refusing to start the workload without quota enforcement: %w", err)
 	}
 
-	d.store.Put(uid, rec)
+	if err := d.admit(uid, rec); err != nil {
+		return nil, err
+	}
 	if err := d.store.Sync(); err != nil {
 		d.store.Delete(uid)
 		return nil, err
@@ -164,6 +178,36 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 	crashPoint(cpPrepareReserved)
 	klog.FromContext(ctx).V(2).Info("Prepared", "gpus", rec.GPUs)
 	return devicesOf(rec), nil
+}
+
+// admit records the claim as PrepareStarted unless that would put more
+// memory or cores on a GPU than it has, counting every claim recorded on
+// the node. The scheduler should never allow that; the driver is the last
+// line of defence (a stale slice, a second scheduler, a bug).
+func (d *Driver) admit(uid string, rec checkpoint.Claim) error {
+	d.admitMu.Lock()
+	defer d.admitMu.Unlock()
+	mem, cores := map[string]int64{}, map[string]int64{}
+	for other, c := range d.store.Claims() {
+		if other == uid {
+			continue
+		}
+		for _, g := range c.GPUs {
+			mem[g.UUID] += g.MemoryBytes
+			cores[g.UUID] += g.Cores
+		}
+	}
+	for _, g := range rec.GPUs {
+		gpu, _ := d.gpuByUUID(g.UUID)
+		if total := mem[g.UUID] + g.MemoryBytes; gpu.MemoryBytes > 0 && uint64(total) > gpu.MemoryBytes {
+			return fmt.Errorf("GPU %s is over-committed: prepared claims hold %d bytes of memory, this claim asks for %d, the GPU has %d", g.UUID, mem[g.UUID], g.MemoryBytes, gpu.MemoryBytes)
+		}
+		if total := cores[g.UUID] + g.Cores; total > 100 {
+			return fmt.Errorf("GPU %s is over-committed: prepared claims hold %d cores, this claim asks for %d, at most 100 in all", g.UUID, cores[g.UUID], g.Cores)
+		}
+	}
+	d.store.Put(uid, rec)
+	return nil
 }
 
 // ensureFiles creates the claim directory and (re)writes the CDI spec when
