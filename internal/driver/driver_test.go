@@ -326,3 +326,41 @@ func TestRollingUpdateInstancesShareState(t *testing.T) {
 	}
 	assertClean(t, e)
 }
+
+// TestConcurrentCallsPrepareEachClaimOnce: two overlapping calls with the
+// same 60 claims (the kubelet retrying while the first is still running)
+// prepare every claim once, with the same answer.
+func TestConcurrentCallsPrepareEachClaimOnce(t *testing.T) {
+	var claims []*resourceapi.ResourceClaim
+	for i := 0; i < 60; i++ {
+		claims = append(claims, newClaim("p"+strconv.Itoa(i), []share{{"gpu", i % 3, "100Mi", "1"}}))
+	}
+	e := newEnv(t, claims...)
+	results := make(chan map[string]string, 2)
+	for range 2 {
+		go func() {
+			out := map[string]string{}
+			for uid, r := range e.prepare(t, claims...) {
+				if r.Error != "" {
+					out[uid] = "error: " + r.Error
+					continue
+				}
+				out[uid] = strings.Join(r.Devices[0].CdiDeviceIds, ",")
+			}
+			results <- out
+		}()
+	}
+	a, b := <-results, <-results
+	for uid, v := range a {
+		if strings.HasPrefix(v, "error") || b[uid] != v {
+			t.Fatalf("claim %s: %q vs %q", uid, v, b[uid])
+		}
+	}
+	for i := range testGPUs {
+		if r := e.reserved(t, i); r != "20" {
+			t.Errorf("GPU %d reserved=%s, want 20", i, r)
+		}
+	}
+	e.unprepare(t, claims...)
+	assertClean(t, e)
+}

@@ -53,6 +53,10 @@ var (
 		"Sum of the compute shares of prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
 )
 
+// NewCollector returns the collector of the quota metrics, for callers
+// that serve their own registry (e.g. prometheus.MustRegister(NewCollector(d))).
+func NewCollector(src Source) prometheus.Collector { return collector{src} }
+
 type collector struct{ src Source }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
