@@ -69,3 +69,19 @@ func TestStoreRoundTripAndGroupCommit(t *testing.T) {
 		}
 	}
 }
+
+func FuzzDecode(f *testing.F) {
+	for _, name := range []string{"v1.json", "v2-future.json", "v3-incompatible.json"} {
+		data, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cp, err := Decode(data)
+		if err == nil && (cp.Claims == nil || cp.Version < 1 || cp.MinReaderVersion > Version) {
+			t.Fatalf("accepted an unusable checkpoint: %+v", cp)
+		}
+	})
+}
