@@ -61,7 +61,7 @@ CUresult cuDeviceGetPCIBusId(char *buf, int len, CUdevice d)
 {
     int h = host(d);
     if (h < 0) return CUDA_ERROR_INVALID_DEVICE;
-    snprintf(buf, (size_t)len, "0000:%02x:00.0", 0x10 + 0x10 * h);
+    snprintf(buf, (size_t)len, "%s", fg.dev[h].pci);
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceTotalMem_v2(size_t *b, CUdevice d)
@@ -183,7 +183,7 @@ CUresult cuMemGetInfo_v2(size_t *f, size_t *t)
 {
     if (!current) return CUDA_ERROR_INVALID_CONTEXT;
     int h = host(current->dev);
-    uint64_t used = __atomic_load_n(&fg_state()->dev[h].phys_used, __ATOMIC_SEQ_CST);
+    uint64_t used = __atomic_load_n(&fg_dev(h)->phys_used, __ATOMIC_SEQ_CST);
     *t = fg.dev[h].mem;
     *f = used < fg.dev[h].mem ? fg.dev[h].mem - used : 0;
     return CUDA_SUCCESS;
@@ -207,7 +207,7 @@ static CUresult launch(CUstream s, uint64_t dur)
 {
     struct CUstream_st *st = strm(s);
     if (!st) return CUDA_ERROR_INVALID_CONTEXT;
-    __atomic_add_fetch(&fg_state()->dev[host(st->dev)].launches, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&fg_dev(host(st->dev))->launches, 1, __ATOMIC_RELAXED);
     if (!dur) return CUDA_SUCCESS;
     /* the slot QUEUE_DEPTH launches back must have completed */
     unsigned slot = st->next++ % QUEUE_DEPTH;
@@ -282,7 +282,7 @@ CUresult cuEventRecord(CUevent e, CUstream s)
     /* the event is a zero-length item at the end of the device's queue: it
      * completes when everything submitted before it (by any process) has
      * run, as when a time-sliced GPU next switches to this context */
-    uint64_t now = fg_now(), tail = __atomic_load_n(&fg_state()->dev[host(st->dev)].tail_ns, __ATOMIC_SEQ_CST);
+    uint64_t now = fg_now(), tail = __atomic_load_n(&fg_dev(host(st->dev))->tail_ns, __ATOMIC_SEQ_CST);
     uint64_t t = st->last_end > now ? st->last_end : now;
     e->t = tail > t ? tail : t;
     e->recorded = 1;

@@ -5,6 +5,16 @@
  *   FAKE_GPU_MEM     memory per device, comma list, unit suffix k/m/g (default 16g)
  *   FAKE_GPU_UUIDS   comma list of UUIDs (default GPU-fa4e0000-0000-0000-0000-0000000000<i>)
  *   FAKE_GPU_STATE   path of the shared state file (default /tmp/fakegpu-<uid>.state)
+ *   FAKE_GPU_DEV_<minor>=<pci bus id>,<uuid>,<memory>,<name>
+ *                    one variable per GPU the process can see, as a node's
+ *                    device nodes would tell the real driver (the local
+ *                    cluster's stand-in for the NVIDIA Container Toolkit's
+ *                    CDI spec sets one per injected GPU). When any is set,
+ *                    they replace FAKE_GPU_COUNT/MEM/UUIDS: devices are
+ *                    enumerated in PCI bus order, and GPU <minor> keeps its
+ *                    physical memory and timeline in state slot <minor>, so
+ *                    processes that see different subsets of a node's GPUs
+ *                    share one simulated machine.
  *   FAKE_KERNEL_NS   duration of kernels that do not say (default 0: no timeline work)
  *   FAKE_WORK_TAG    0..7: tags this process's kernels in the work trace */
 #ifndef FAKE_GPU_H
@@ -32,7 +42,13 @@ struct fg_state {
     struct fg_trace trace[FG_TRACE_LEN];
 };
 
-struct fg_dev_cfg { uint64_t mem; char uuid[96]; int visible_ordinal; };
+struct fg_dev_cfg {
+    uint64_t mem;
+    char uuid[96];
+    char pci[32];
+    char name[96];
+    int slot; /* index into fg_state.dev */
+};
 struct fg_config {
     int ndev;
     struct fg_dev_cfg dev[FG_MAX_DEV];
@@ -45,6 +61,8 @@ struct fg_config {
 extern struct fg_config fg;
 void fg_init(void);
 struct fg_state *fg_state(void);
+/* The shared state of host device dev (its slot). */
+struct fg_dev_state *fg_dev(int dev);
 uint64_t fg_now(void);
 void fg_sleep_until(uint64_t t);
 int fg_phys_alloc(int dev, uint64_t bytes);   /* 0 ok, -1 out of memory */

@@ -28,7 +28,7 @@ nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *buf, unsigned len)
 }
 static void info(nvmlDevice_t d, unsigned long long *t, unsigned long long *f, unsigned long long *u)
 {
-    uint64_t used = __atomic_load_n(&fg_state()->dev[d->idx].phys_used, __ATOMIC_SEQ_CST);
+    uint64_t used = __atomic_load_n(&fg_dev(d->idx)->phys_used, __ATOMIC_SEQ_CST);
     *t = fg.dev[d->idx].mem;
     *u = used;
     *f = used < *t ? *t - used : 0;
@@ -44,5 +44,26 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *m)
     if (!d || !m) return NVML_ERROR_INVALID_ARGUMENT;
     info(d, &m->total, &m->free, &m->used);
     m->reserved = 0;
+    return NVML_SUCCESS;
+}
+
+/* For the simulated nvidia-smi (fake/nvidia-smi.c); libvgpu does not hook these. */
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *buf, unsigned len)
+{
+    if (!d || !buf) return NVML_ERROR_INVALID_ARGUMENT;
+    if (strlen(fg.dev[d->idx].name) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
+    snprintf(buf, len, "%s", fg.dev[d->idx].name);
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetPciBusId(nvmlDevice_t d, char *buf, unsigned len)
+{
+    if (!d || !buf) return NVML_ERROR_INVALID_ARGUMENT;
+    snprintf(buf, len, "%s", fg.dev[d->idx].pci);
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlSystemGetDriverVersion(char *buf, unsigned len)
+{
+    if (!buf) return NVML_ERROR_INVALID_ARGUMENT;
+    snprintf(buf, len, "580.82.07");
     return NVML_SUCCESS;
 }

@@ -1,0 +1,126 @@
+// Command demo runs the local cluster (a real Kubernetes 1.37 control plane,
+// simulated GPU nodes, a real vgpu-kubelet-plugin per node) until Ctrl-C, and
+// tells the user how to reach it with kubectl. `make demo` runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hami-dra/hami-dra/e2e/localcluster"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	stateDir := flag.String("state-dir", ".demo", "where the kubeconfig and the logs go (relative to the repository root)")
+	kubectl := flag.String("kubectl", "e2e/bin/kubectl", "the kubectl binary to recommend (relative to the repository root)")
+	verbosity := flag.Int("v", 1, "log verbosity of the control plane and the node agents (their log file)")
+	flag.Parse()
+
+	repo, err := localcluster.FindRepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	dir := *stateDir
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(repo, dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	logPath := filepath.Join(dir, "cluster.log")
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	for k, v := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL",
+		"log_file": logPath, "v": fmt.Sprint(*verbosity), "one_output": "true"} {
+		if err := fs.Set(k, v); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	defer klog.Flush()
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	fmt.Printf("Starting the hami-dra local cluster (log: %s)\n", logPath)
+	start := time.Now()
+	env, err := localcluster.Start(ctx, localcluster.Options{Progress: os.Stdout})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "local cluster: %v\n(see %s)\n", err, logPath)
+		return 1
+	}
+	// Stop on a context of its own: ctx is already cancelled by then.
+	defer func() {
+		fmt.Println("\nStopping: node agents, pods, plugins, then the control plane ...")
+		stopStart := time.Now()
+		env.Stop(context.Background())
+		_ = env.Cleanup()
+		fmt.Printf("Stopped in %v.\n", time.Since(stopStart).Round(time.Millisecond))
+	}()
+
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	data, err := os.ReadFile(env.Cluster.Kubeconfig)
+	if err == nil {
+		err = os.WriteFile(kubeconfig, data, 0o600)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kubeconfig: %v\n", err)
+		return 1
+	}
+	kubectlPath := *kubectl
+	if !filepath.IsAbs(kubectlPath) {
+		kubectlPath = filepath.Join(repo, kubectlPath)
+	}
+	printHelp(env, time.Since(start), kubeconfig, kubectlPath, repo)
+	<-ctx.Done()
+	return 0
+}
+
+func printHelp(env *localcluster.Env, took time.Duration, kubeconfig, kubectl, repo string) {
+	var nodes []string
+	for _, n := range env.Nodes {
+		nodes = append(nodes, fmt.Sprintf("    %-12s %s", n.Spec.Name, n.Spec.Profile))
+	}
+	rel := func(p string) string {
+		if r, err := filepath.Rel(repo, p); err == nil && !strings.HasPrefix(r, "..") {
+			return r
+		}
+		return p
+	}
+	fmt.Printf(`
+The local cluster is up (%v): Kubernetes %s control plane, %d simulated GPU nodes:
+%s
+Each node runs the real vgpu-kubelet-plugin (logs: %s/<node>/plugin.log) and
+libvgpu is preloaded into every pod; pods run as local processes on this machine.
+
+In another terminal, from %s:
+
+  export KUBECONFIG=%s PATH=%s:$PATH
+  kubectl get nodes
+  kubectl get resourceslices
+  kubectl get deviceclasses
+  kubectl apply -f deployments/examples/memory-share.yaml      # 20Gi of any GPU
+  kubectl get pods -o wide
+  kubectl logs memory-share                                     # nvidia-smi shows 20480MiB
+  kubectl get resourceclaims -o yaml                            # what the scheduler allocated
+  kubectl apply -f deployments/examples/two-gpus.yaml           # two GPUs, 24Gi each
+  kubectl apply -f deployments/examples/h100-share.yaml         # the H100 DeviceClass
+
+Press Ctrl-C to stop.
+`, took.Round(time.Second), localcluster.KubernetesVersion, len(env.Nodes), strings.Join(nodes, "\n"),
+		env.WorkDir, repo, rel(kubeconfig), filepath.Dir(rel(kubectl)))
+}
