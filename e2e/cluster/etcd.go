@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -23,6 +24,9 @@ type etcdServer struct {
 
 func startEtcd(ctx context.Context, dir string) (*etcdServer, error) {
 	logger := klog.FromContext(ctx).WithName("etcd")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("etcd dir: %w", err)
+	}
 	clientPort, err := freePort()
 	if err != nil {
 		return nil, err

@@ -16,7 +16,7 @@ import (
 type containerEdits struct {
 	Env     []string
 	Mounts  []podruntime.Mount
-	Devices []podruntime.Mount
+	Devices []podruntime.Device
 	// Hooks counts OCI hooks the spec asked for; they are not run here.
 	Hooks int
 }
@@ -49,10 +49,15 @@ func resolveCDI(specDirs []string, baseEnv []string, devices []string) (*contain
 			ReadOnly:    slices.Contains(m.Options, "ro"),
 		})
 	}
-	// Device nodes are bind-mounted like files: a simulated node has none,
-	// and a real one would need the runtime's cgroup device rules as well.
+	// Device nodes are created by the runtime from their numbers, as runc
+	// does; the local runtime has no device cgroup, so their access rules
+	// (spec.Linux.Resources.Devices) are not applied.
 	for _, d := range spec.Linux.Devices {
-		edits.Devices = append(edits.Devices, podruntime.Mount{Source: d.Path, Destination: d.Path})
+		dev := podruntime.Device{Path: d.Path, Type: d.Type, Major: d.Major, Minor: d.Minor}
+		if d.FileMode != nil {
+			dev.Mode = *d.FileMode
+		}
+		edits.Devices = append(edits.Devices, dev)
 	}
 	if spec.Hooks != nil {
 		edits.Hooks = len(spec.Hooks.CreateRuntime) + len(spec.Hooks.CreateContainer) + len(spec.Hooks.StartContainer) + len(spec.Hooks.Prestart) + len(spec.Hooks.Poststart)

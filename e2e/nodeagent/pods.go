@@ -238,7 +238,8 @@ func (a *Agent) syncContainer(ctx context.Context, st *podState, c *v1.Container
 		Args:       args,
 		Env:        edits.Env,
 		WorkingDir: c.WorkingDir,
-		Mounts:     append(edits.Mounts, edits.Devices...),
+		Mounts:     edits.Mounts,
+		Devices:    edits.Devices,
 		LogPath:    logFileName(a.cfg.LogDir, pod.Namespace, pod.Name, string(pod.UID), c.Name),
 		Annotations: map[string]string{
 			annotationPodKey: pod.Namespace + "/" + pod.Name,

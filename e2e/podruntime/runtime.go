@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,10 +51,56 @@ type ContainerSpec struct {
 	Env        []string
 	WorkingDir string
 	Mounts     []Mount
+	// Devices are device nodes to create in the container, as a runtime
+	// creates the nodes an OCI spec's linux.devices lists.
+	Devices []Device
 	// LogPath receives stdout and stderr, appended.
 	LogPath string
 	// Annotations are kept for the caller (e.g. the CDI devices it resolved).
 	Annotations map[string]string
+}
+
+// Device is a device node of the container (OCI linux.devices).
+type Device struct {
+	Path  string // in the container
+	Type  string // "c" or "b"
+	Major int64
+	Minor int64
+	Mode  os.FileMode
+}
+
+// makeDevices creates each device node under dir and returns the bind
+// mounts that put them at their container paths: the container shares the
+// host's /dev, so the nodes cannot simply be created there.
+func makeDevices(dir string, devices []Device) ([]Mount, error) {
+	if len(devices) == 0 {
+		return nil, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("device dir: %w", err)
+	}
+	var mounts []Mount
+	for i, d := range devices {
+		kind := uint32(syscall.S_IFCHR)
+		switch d.Type {
+		case "c", "u":
+		case "b":
+			kind = syscall.S_IFBLK
+		default:
+			return nil, fmt.Errorf("device %s: unsupported type %q", d.Path, d.Type)
+		}
+		mode := d.Mode.Perm()
+		if mode == 0 {
+			mode = 0o666
+		}
+		dev := int((d.Major << 8) | (d.Minor & 0xff) | ((d.Minor &^ 0xff) << 12))
+		node := filepath.Join(dir, fmt.Sprintf("dev%d", i))
+		if err := syscall.Mknod(node, kind|uint32(mode), dev); err != nil {
+			return nil, fmt.Errorf("device node %s (%d:%d): %w", d.Path, d.Major, d.Minor, err)
+		}
+		mounts = append(mounts, Mount{Source: node, Destination: d.Path})
+	}
+	return mounts, nil
 }
 
 // Container is a started container.
@@ -199,7 +246,12 @@ func (r *Runtime) Start(spec ContainerSpec) (*Container, error) {
 	var cmd *exec.Cmd
 	switch r.mode {
 	case ModeMountNamespace:
-		launch := &LaunchSpec{Args: spec.Args, Env: env, WorkingDir: spec.WorkingDir, Mounts: spec.Mounts, ScratchDir: filepath.Join(cdir, "scratch")}
+		devMounts, err := makeDevices(filepath.Join(cdir, "devices"), spec.Devices)
+		if err != nil {
+			return nil, err
+		}
+		mounts := append(slices.Clone(spec.Mounts), devMounts...)
+		launch := &LaunchSpec{Args: spec.Args, Env: env, WorkingDir: spec.WorkingDir, Mounts: mounts, ScratchDir: filepath.Join(cdir, "scratch")}
 		specPath := filepath.Join(cdir, "launch.json")
 		if err := WriteLaunchSpec(specPath, launch); err != nil {
 			return nil, err
