@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 
@@ -99,9 +100,11 @@ type Env struct {
 
 	opts       Options
 	fakeDriver fakeDriver
-	progress   func(format string, args ...any)
-	mu         sync.Mutex
-	ownsWork   bool
+	// ctx is Start's: the lifetime of everything the Env runs.
+	ctx      context.Context
+	progress func(format string, args ...any)
+	mu       sync.Mutex
+	ownsWork bool
 }
 
 // Node returns the node with that name, or nil.
@@ -126,7 +129,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 			return nil, err
 		}
 	}
-	e := &Env{RepoRoot: opts.RepoRoot, opts: opts}
+	e := &Env{RepoRoot: opts.RepoRoot, opts: opts, ctx: ctx}
 	e.progress = func(format string, args ...any) {
 		logger.V(1).Info(fmt.Sprintf(format, args...))
 		if opts.Progress != nil {
@@ -358,10 +361,19 @@ func (e *Env) WaitForSlices(ctx context.Context, nodeName string, timeout time.D
 // the shared runtime. With forgetState the agent's state directory (the DRA
 // manager's checkpoint) is emptied first, so the new agent prepares every
 // claim again, as a kubelet does whose state was lost.
-func (e *Env) RestartAgent(ctx context.Context, nodeName string, forgetState bool) error {
+//
+// A starting kubelet deletes its node's ResourceSlices (no driver has
+// registered with it yet) and the plugin publishes them again once it has
+// re-registered; RestartAgent returns after that, so that a pod created
+// next is not scheduled against a node without devices.
+func (e *Env) RestartAgent(nodeName string, forgetState bool) error {
 	n := e.Node(nodeName)
 	if n == nil {
 		return fmt.Errorf("no node %s", nodeName)
+	}
+	old, err := e.sliceUIDs(nodeName)
+	if err != nil {
+		return err
 	}
 	n.agent.Stop()
 	if forgetState {
@@ -375,12 +387,43 @@ func (e *Env) RestartAgent(ctx context.Context, nodeName string, forgetState boo
 			}
 		}
 	}
-	agent, err := nodeagent.Start(ctx, n.agentConfig)
+	// The agent lives as long as the cluster, not as long as the caller.
+	agent, err := nodeagent.Start(e.ctx, n.agentConfig)
 	if err != nil {
 		return fmt.Errorf("restart node agent of %s: %w", nodeName, err)
 	}
 	n.agent = agent
+	err = wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		now, err := e.sliceUIDs(nodeName)
+		if err != nil || len(now) == 0 {
+			return false, nil
+		}
+		for uid := range now {
+			if old[uid] {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("ResourceSlices of %s not republished after the agent restart: %w", nodeName, err)
+	}
 	return nil
+}
+
+// sliceUIDs returns the UIDs of the node's ResourceSlices that have devices.
+func (e *Env) sliceUIDs(nodeName string) (map[types.UID]bool, error) {
+	slices, err := e.Cluster.Client.ResourceV1().ResourceSlices().List(e.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+	if err != nil {
+		return nil, fmt.Errorf("ResourceSlices of %s: %w", nodeName, err)
+	}
+	uids := map[types.UID]bool{}
+	for _, s := range slices.Items {
+		if s.Spec.Driver == plugin.DriverName && len(s.Spec.Devices) > 0 {
+			uids[s.UID] = true
+		}
+	}
+	return uids, nil
 }
 
 // Stop shuts everything down in an order that leaves nothing waiting:

@@ -165,7 +165,8 @@ func TestAgentRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := env.RestartAgent(testContext(t, time.Minute), node.Spec.Name, forget); err != nil {
+		restarted := time.Now()
+		if err := env.RestartAgent(node.Spec.Name, forget); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, time.Minute, "CDI spec of the running pod's claim present", func(ctx context.Context) (bool, string) {
@@ -180,6 +181,7 @@ func TestAgentRestart(t *testing.T) {
 			t.Errorf("forget=%v: re-prepared CDI spec differs:\nbefore %s\nafter  %s", forget, before, after)
 		}
 		p := waitRunning(t, ns, pod.Name, time.Minute)
+		t.Logf("forget=%v: agent restarted and slices republished after %v; claim re-prepared, pod running", forget, time.Since(restarted).Round(100*time.Millisecond))
 		if !p.Status.ContainerStatuses[0].State.Running.StartedAt.Equal(&started) {
 			t.Errorf("forget=%v: container restarted: %s", forget, describePod(p))
 		}
@@ -189,4 +191,5 @@ func TestAgentRestart(t *testing.T) {
 	}
 	// New pods still prepare on the restarted agent.
 	waitRunning(t, ns, createPod(t, ns, "after", podSpec("gpu-4gi", node.Spec.Name, "exec sleep 3600")).Name, time.Minute)
+	t.Log("a new pod runs on the restarted agent")
 }

@@ -53,6 +53,7 @@ func newNamespace(t *testing.T, name string) string {
 }
 
 func cleanNamespace(t *testing.T, ns string) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := client()
@@ -76,6 +77,7 @@ func cleanNamespace(t *testing.T, ns string) {
 	if err != nil {
 		t.Errorf("cleanup: claims of %s not gone: %v", ns, err)
 	}
+	t.Logf("cleanup of %s took %v", ns, time.Since(start).Round(100*time.Millisecond))
 }
 
 // gpuRequest is one request of a claim.

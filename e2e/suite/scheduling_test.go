@@ -197,7 +197,7 @@ func TestTwoGPUs(t *testing.T) {
 	if len(results) != 2 || results[0].Device == results[1].Device {
 		t.Fatalf("count 2: allocation %+v, want two different GPUs", results)
 	}
-	if log := waitLog(t, pair, "free after allocations", 30*time.Second); strings.Count(log, "total_mib=24576 ") != 2 {
+	if log := waitLog(t, pair, "free after allocations", 30*time.Second); strings.Count(log, "device_total_mib=24576") != 2 {
 		t.Errorf("count 2: want both CUDA devices at 24576 MiB:\n%s", log)
 	}
 }
