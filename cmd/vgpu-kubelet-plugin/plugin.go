@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -15,6 +17,7 @@ import (
 	"github.com/hami-dra/hami-dra/internal/discovery"
 	"github.com/hami-dra/hami-dra/internal/driver"
 	"github.com/hami-dra/hami-dra/internal/inventory"
+	"github.com/hami-dra/hami-dra/internal/metrics"
 )
 
 // plugin is what the command needs from the running driver. It is an
@@ -95,6 +98,15 @@ func runPlugin(ctx context.Context, opts options) error {
 		return fmt.Errorf("start driver: %w", err)
 	}
 	defer p.Stop()
+	// The claims' quota and usage metrics, next to the inventory's in the
+	// default registry that /metrics serves.
+	if src, ok := p.(metrics.Source); ok {
+		collector := metrics.NewCollector(src)
+		if err := prometheus.Register(collector); err != nil {
+			return fmt.Errorf("register claim metrics: %w", err)
+		}
+		defer prometheus.Unregister(collector)
+	}
 	err = p.PublishResources(ctx, res)
 	recordPublish(err)
 	if err != nil {
@@ -125,8 +137,9 @@ func driverConfig(opts options, client kubernetes.Interface) driver.Config {
 		NvidiaCDIKind:    opts.nvidiaCDIKind,
 		DeviceName:       inventory.DeviceName,
 		CleanupInterval:  opts.cleanupInterval,
-		// Not wired yet: opts.podUID needs a Config field that the driver
-		// passes to kubeletplugin.RollingUpdate.
+		// The chart passes the pod's UID: the old and the new plugin pod
+		// then hand over without a gap (kubeletplugin.RollingUpdate).
+		RollingUpdateUID: types.UID(opts.podUID),
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/hami-dra/hami-dra/internal/discovery"
 	"github.com/hami-dra/hami-dra/internal/driver"
 	"github.com/hami-dra/hami-dra/internal/inventory"
+	"github.com/hami-dra/hami-dra/internal/metrics"
 )
 
 func mustBuild(ctx context.Context, gpus []discovery.GPU) resourceslice.DriverResources {
@@ -193,6 +194,11 @@ type fakePlugin struct {
 
 func newFakePlugin() *fakePlugin { return &fakePlugin{published: make(chan struct{}, 10)} }
 
+// PreparedClaims makes the fake a metrics.Source, as the driver is.
+func (p *fakePlugin) PreparedClaims() []metrics.ClaimQuota {
+	return []metrics.ClaimQuota{{Namespace: "ns", Name: "c", UID: "u", GPUs: []metrics.GPUQuota{{UUID: "GPU-1", MemoryBytes: 1 << 30, Cores: 30}}}}
+}
+
 func (p *fakePlugin) PublishResources(_ context.Context, res resourceslice.DriverResources) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -251,7 +257,7 @@ func TestPluginStartsPublishesAndStops(t *testing.T) {
 	healthPort, metricsPort := freePort(t), freePort(t)
 	go func() {
 		done <- run(ctx, []string{"--simulate", "2xL4", "--node-name", "n1", "--state-dir", "/tmp/state",
-			"--health-port", strconv.Itoa(healthPort), "--metrics-port", strconv.Itoa(metricsPort)}, &bytes.Buffer{}, &stderr)
+			"--health-port", strconv.Itoa(healthPort), "--metrics-port", strconv.Itoa(metricsPort), "--pod-uid", "pod-uid-1"}, &bytes.Buffer{}, &stderr)
 	}()
 	select {
 	case <-p.published:
@@ -265,8 +271,13 @@ func TestPluginStartsPublishesAndStops(t *testing.T) {
 	if code := httpGet(t, healthPort, "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d", code)
 	}
-	if body := httpBody(t, metricsPort, "/metrics"); !strings.Contains(body, `hami_dra_gpus{state="published"} 2`) {
+	body := httpBody(t, metricsPort, "/metrics")
+	if !strings.Contains(body, `hami_dra_gpus{state="published"} 2`) {
 		t.Errorf("/metrics lacks the published GPU count:\n%s", body)
+	}
+	// The driver's claim metrics are served by the same endpoint.
+	if !strings.Contains(body, `hami_dra_claim_cores_limit_percent{claim="c",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u"} 30`) {
+		t.Errorf("/metrics lacks the driver's claim metrics:\n%s", body)
 	}
 	cancel()
 	if code := <-done; code != exitOK {
@@ -279,7 +290,8 @@ func TestPluginStartsPublishesAndStops(t *testing.T) {
 		t.Errorf("published %d devices, want 2", devicesIn(p.publishes[0]))
 	}
 	if cfg.DriverName != "vgpu.hami.io" || cfg.NodeName != "n1" || cfg.StateDir != "/tmp/state" ||
-		cfg.PluginDataDir != "/var/lib/kubelet/plugins/vgpu.hami.io" || cfg.ComposeNvidiaCDI || cfg.DeviceName == nil {
+		cfg.PluginDataDir != "/var/lib/kubelet/plugins/vgpu.hami.io" || cfg.ComposeNvidiaCDI || cfg.DeviceName == nil ||
+		cfg.RollingUpdateUID != "pod-uid-1" {
 		t.Errorf("driver configuration %+v", *cfg)
 	}
 }

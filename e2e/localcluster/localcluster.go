@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,8 +77,10 @@ type Options struct {
 
 // Node is a running simulated node.
 type Node struct {
-	Spec        NodeSpec
-	Dir         string
+	Spec NodeSpec
+	Dir  string
+	// MetricsURL is the plugin's /metrics endpoint.
+	MetricsURL  string
 	Plugin      *plugin.Process
 	agent       *nodeagent.Agent
 	agentConfig nodeagent.Config
@@ -303,6 +306,11 @@ func (e *Env) startNode(ctx context.Context, spec NodeSpec, pluginBin string) (*
 	if err != nil {
 		return nil, fmt.Errorf("plugin identity: %w", err)
 	}
+	metricsPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	n.MetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	kubeconfig := filepath.Join(dir, "plugin.kubeconfig")
 	if err := cluster.WriteKubeconfig(kubeconfig, identity, "hami-dra-kubelet-plugin"); err != nil {
 		return nil, err
@@ -320,7 +328,7 @@ func (e *Env) startNode(ctx context.Context, spec NodeSpec, pluginBin string) (*
 		LogFile:       filepath.Join(dir, "plugin.log"),
 		// The node's device nodes, and the toolkit stand-in's CDI devices
 		// returned next to the plugin's own (see gpudriver.go).
-		ExtraArgs: []string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true"},
+		ExtraArgs: []string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true", fmt.Sprintf("--metrics-port=%d", metricsPort)},
 	})
 	if err != nil {
 		return nil, err
@@ -329,6 +337,17 @@ func (e *Env) startNode(ctx context.Context, spec NodeSpec, pluginBin string) (*
 		return nil, err
 	}
 	return n, nil
+}
+
+// freePort asks the kernel for an unused loopback port (released before
+// the plugin binds it; nothing else on the machine races for it in tests).
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // WaitForSlices waits until the node's plugin has published at least one

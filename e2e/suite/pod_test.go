@@ -1,7 +1,10 @@
 package suite
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,10 +29,11 @@ func TestInsidePod(t *testing.T) {
 		`nvidia-smi`,
 		quotaProbe + ` 10240 10240 1`,
 		`ls /run/hami-dra/claim`,
-		`exec sleep 3600`,
+		// Keep 3 GiB in use, for the plugin's usage metrics.
+		`exec ` + quotaProbe + ` --hold 3072`,
 	}, "\n")
 	pod := waitRunning(t, ns, createPod(t, ns, "inside", podSpec("gpu-20gi-30", "node-a100", script)).Name, time.Minute)
-	log := waitLog(t, pod, "free after allocations", 30*time.Second)
+	log := waitLog(t, pod, "holding", 30*time.Second)
 	t.Logf("pod log:\n%s", log)
 
 	wantLines := []string{
@@ -73,4 +77,36 @@ func TestInsidePod(t *testing.T) {
 	if _, err := os.Stat(region); err != nil {
 		t.Errorf("accounting region on the host: %v", err)
 	}
+
+	// The plugin's metrics: the claim's quota, and the usage libvgpu
+	// accounts in the region (the holding process's 3 GiB).
+	labels := fmt.Sprintf(`{claim="%s",gpu_uuid="%s",index="0",namespace="%s",uid="%s"}`,
+		claim.Name, stringAttr(deviceAttributes(t)["node-a100/"+claim.Status.Allocation.Devices.Results[0].Device], "uuid"), ns, claim.UID)
+	for _, want := range []string{
+		"hami_dra_claim_memory_limit_bytes" + labels + " 2.147483648e+10",
+		"hami_dra_claim_cores_limit_percent" + labels + " 30",
+		"hami_dra_claim_memory_used_bytes" + labels + " 3.221225472e+09",
+	} {
+		eventually(t, 10*time.Second, "plugin metric "+want, func(ctx context.Context) (bool, string) {
+			body, err := scrape(ctx, env.Node("node-a100").MetricsURL)
+			if err != nil {
+				return false, err.Error()
+			}
+			return strings.Contains(body, want), body
+		})
+	}
+}
+
+func scrape(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	return string(data), err
 }

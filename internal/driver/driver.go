@@ -19,6 +19,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
 
+	"github.com/hami-dra/hami-dra/cdi"
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 	"github.com/hami-dra/hami-dra/internal/discovery"
 	"github.com/hami-dra/hami-dra/internal/inventory"
@@ -344,7 +345,8 @@ func (d *Driver) PreparedClaims() []metrics.ClaimQuota {
 		if c.State != checkpoint.PrepareCompleted {
 			continue
 		}
-		q := metrics.ClaimQuota{Namespace: c.Namespace, Name: c.Name, UID: uid}
+		q := metrics.ClaimQuota{Namespace: c.Namespace, Name: c.Name, UID: uid,
+			RegionPath: filepath.Join(d.claimDir(uid), filepath.Base(cdi.SharedRegionPath))}
 		for i, g := range c.GPUs {
 			q.GPUs = append(q.GPUs, metrics.GPUQuota{Index: i, UUID: g.UUID, MemoryBytes: g.MemoryBytes, Cores: g.Cores})
 		}

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
+
+	"github.com/hami-dra/hami-dra/internal/region"
 )
 
 // GPUQuota is a claim's quota on one GPU.
@@ -31,6 +33,9 @@ type GPUQuota struct {
 type ClaimQuota struct {
 	Namespace, Name, UID string
 	GPUs                 []GPUQuota
+	// RegionPath is the host path of the claim's shared accounting region,
+	// where libvgpu keeps the claim's usage ("" if unknown).
+	RegionPath string
 }
 
 // Source is what the metrics are computed from (the driver).
@@ -51,6 +56,18 @@ var (
 		"Sum of the memory quotas of prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
 	descGPUCores = prometheus.NewDesc("hami_dra_gpu_allocated_cores_percent",
 		"Sum of the compute shares of prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
+
+	// Usage, as the claim's libvgpu accounts it in the shared region. The
+	// region is writable by the claim's containers, so these are what the
+	// workload reports, never limits; only the claim's own GPUs are read.
+	descClaimMemoryUsed = prometheus.NewDesc("hami_dra_claim_memory_used_bytes",
+		"Device memory held by a claim's processes on one GPU (libvgpu's accounting, what cuMemGetInfo and nvidia-smi show inside).", claimLabels, nil)
+	descClaimGPUTime = prometheus.NewDesc("hami_dra_claim_gpu_time_seconds_total",
+		"GPU time measured for a claim's kernels on one GPU by the compute limiter (only claims with a compute share); rate() is the claim's utilisation.", claimLabels, nil)
+	descClaimThrottled = prometheus.NewDesc("hami_dra_claim_throttled_seconds_total",
+		"Time a claim's kernel launches were held back to keep it within its compute share.", claimLabels, nil)
+	descGPUMemoryUsed = prometheus.NewDesc("hami_dra_gpu_memory_used_bytes",
+		"Sum of the device memory held by the prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
 )
 
 // NewCollector returns the collector of the quota metrics, for callers
@@ -60,28 +77,61 @@ func NewCollector(src Source) prometheus.Collector { return collector{src} }
 type collector struct{ src Source }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClaimMemory, descClaimCores, descPrepared, descGPUMemory, descGPUCores} {
+	for _, d := range []*prometheus.Desc{descClaimMemory, descClaimCores, descPrepared, descGPUMemory, descGPUCores,
+		descClaimMemoryUsed, descClaimGPUTime, descClaimThrottled, descGPUMemoryUsed} {
 		ch <- d
 	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	claims := c.src.PreparedClaims()
-	mem, cores := map[string]int64{}, map[string]int64{}
+	mem, cores, used := map[string]int64{}, map[string]int64{}, map[string]uint64{}
 	for _, cl := range claims {
+		usage := readUsage(cl)
 		for _, g := range cl.GPUs {
 			idx := strconv.Itoa(g.Index)
-			ch <- prometheus.MustNewConstMetric(descClaimMemory, prometheus.GaugeValue, float64(g.MemoryBytes), cl.Namespace, cl.Name, cl.UID, g.UUID, idx)
-			ch <- prometheus.MustNewConstMetric(descClaimCores, prometheus.GaugeValue, float64(g.Cores), cl.Namespace, cl.Name, cl.UID, g.UUID, idx)
+			labels := []string{cl.Namespace, cl.Name, cl.UID, g.UUID, idx}
+			ch <- prometheus.MustNewConstMetric(descClaimMemory, prometheus.GaugeValue, float64(g.MemoryBytes), labels...)
+			ch <- prometheus.MustNewConstMetric(descClaimCores, prometheus.GaugeValue, float64(g.Cores), labels...)
 			mem[g.UUID] += g.MemoryBytes
 			cores[g.UUID] += g.Cores
+			// A GPU the claim has not used yet has no entry: zero usage.
+			u := usage[g.UUID]
+			ch <- prometheus.MustNewConstMetric(descClaimMemoryUsed, prometheus.GaugeValue, float64(u.MemoryUsedBytes), labels...)
+			ch <- prometheus.MustNewConstMetric(descClaimGPUTime, prometheus.CounterValue, float64(u.GPUTimeNs)/1e9, labels...)
+			ch <- prometheus.MustNewConstMetric(descClaimThrottled, prometheus.CounterValue, float64(u.ThrottledNs)/1e9, labels...)
+			used[g.UUID] += u.MemoryUsedBytes
 		}
+	}
+	for u, v := range used {
+		ch <- prometheus.MustNewConstMetric(descGPUMemoryUsed, prometheus.GaugeValue, float64(v), u)
 	}
 	ch <- prometheus.MustNewConstMetric(descPrepared, prometheus.GaugeValue, float64(len(claims)))
 	for u, v := range mem {
 		ch <- prometheus.MustNewConstMetric(descGPUMemory, prometheus.GaugeValue, float64(v), u)
 		ch <- prometheus.MustNewConstMetric(descGPUCores, prometheus.GaugeValue, float64(cores[u]), u)
 	}
+}
+
+// readUsage reads the claim's region; a claim whose processes have not
+// used CUDA yet has none, and an unreadable region only loses its usage
+// metrics (it is logged at -v=2), never the quota metrics.
+func readUsage(cl ClaimQuota) map[string]region.Device {
+	out := map[string]region.Device{}
+	if cl.RegionPath == "" {
+		return out
+	}
+	devices, err := region.ReadFile(cl.RegionPath)
+	if err != nil {
+		if !errors.Is(err, region.ErrNotFound) {
+			klog.V(2).InfoS("Usage metrics of a claim unavailable", "claim", klog.KRef(cl.Namespace, cl.Name), "err", err)
+		}
+		return out
+	}
+	for _, d := range devices {
+		out[d.UUID] = d
+	}
+	return out
 }
 
 // Handler serves /metrics, /healthz (the process answers) and /readyz

@@ -1,16 +1,80 @@
 package metrics
 
 import (
+	"encoding/binary"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hami-dra/hami-dra/internal/region"
 )
 
 type fakeSource []ClaimQuota
 
 func (f fakeSource) PreparedClaims() []ClaimQuota { return f }
+
+// TestUsageFromRegion: the usage metrics come from the claim's region, only
+// for the claim's own GPUs; a missing or corrupt region drops only them.
+func TestUsageFromRegion(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.shr")
+	// The region as libvgpu writes it (layout: internal/region).
+	img := make([]byte, 256+16*256)
+	le := binary.LittleEndian
+	for off, v := range map[int]uint32{0: region.Magic, 4: region.Version, 8: 256, 16: 16, 24: 256, 32: 256} {
+		le.PutUint32(img[off:], v)
+	}
+	entry := func(i int, uuid string, used, gpuNs, throttledNs uint64) {
+		e := img[256+i*256:]
+		copy(e, uuid)
+		le.PutUint64(e[104:], used)
+		le.PutUint64(e[120:], gpuNs)
+		le.PutUint64(e[152:], throttledNs)
+	}
+	entry(0, "GPU-1", 1<<30, 3e9, 5e8)
+	entry(1, "GPU-not-ours", 7, 7, 7)
+	if err := os.WriteFile(good, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	corrupt := filepath.Join(dir, "corrupt.shr")
+	if err := os.WriteFile(corrupt, []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := fakeSource{
+		{Namespace: "ns", Name: "a", UID: "u1", RegionPath: good, GPUs: []GPUQuota{{Index: 0, UUID: "GPU-1", MemoryBytes: 2 << 30}}},
+		{Namespace: "ns", Name: "b", UID: "u2", RegionPath: corrupt, GPUs: []GPUQuota{{Index: 0, UUID: "GPU-1", MemoryBytes: 1 << 30}}},
+		{Namespace: "ns", Name: "c", UID: "u3", RegionPath: filepath.Join(dir, "none.shr"), GPUs: []GPUQuota{{Index: 0, UUID: "GPU-2", MemoryBytes: 1}}},
+	}
+	srv := httptest.NewServer(Handler(src, nil))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	body := string(b)
+	for _, want := range []string{
+		`hami_dra_claim_memory_used_bytes{claim="a",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u1"} 1.073741824e+09`,
+		`hami_dra_claim_gpu_time_seconds_total{claim="a",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u1"} 3`,
+		`hami_dra_claim_throttled_seconds_total{claim="a",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u1"} 0.5`,
+		`hami_dra_claim_memory_used_bytes{claim="b",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u2"} 0`,
+		`hami_dra_claim_memory_used_bytes{claim="c",gpu_uuid="GPU-2",index="0",namespace="ns",uid="u3"} 0`,
+		`hami_dra_gpu_memory_used_bytes{gpu_uuid="GPU-1"} 1.073741824e+09`,
+		`hami_dra_claim_memory_limit_bytes{claim="b",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u2"} 1.073741824e+09`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(body, "GPU-not-ours") {
+		t.Errorf("metrics report a GPU that is not the claim's (the region is container-writable)")
+	}
+}
 
 func TestHandler(t *testing.T) {
 	src := fakeSource{

@@ -6,7 +6,10 @@
  * shows the claim's quota as the device's memory and an out-of-memory error
  * once the allocations pass it.
  *
- *   quota MiB...        e.g. quota 10240 10240 1
+ *   quota [--hold] MiB...   e.g. quota 10240 10240 1
+ *
+ * --hold keeps the allocations and waits to be killed after printing
+ * "holding" (for tests that look at the claim's usage from outside).
  *
  * Output, one fact per line (the e2e tests parse it):
  *   device <ordinal> uuid=<GPU-...> total_mib=<n> free_mib=<n> device_total_mib=<n>
@@ -20,6 +23,8 @@
 #include "vgpu_nvml.h"
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #define MiB (1ull << 20)
 
@@ -32,6 +37,11 @@ static void uuid_string(const CUuuid *u, char *out, size_t n)
 
 int main(int argc, char **argv)
 {
+    int hold = argc > 1 && !strcmp(argv[1], "--hold");
+    if (hold) {
+        argv++;
+        argc--;
+    }
     CUresult r = cuInit(0);
     int count = 0;
     if (r == CUDA_SUCCESS) r = cuDeviceGetCount(&count);
@@ -81,6 +91,11 @@ int main(int argc, char **argv)
     size_t free_b = 0, total_b = 0;
     cuMemGetInfo_v2(&free_b, &total_b);
     printf("free after allocations: %zu MiB\n", free_b >> 20);
+    if (hold) {
+        printf("holding\n");
+        fflush(stdout);
+        for (;;) pause();
+    }
     fflush(stdout);
     return 0;
 }

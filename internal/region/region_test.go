@@ -1,0 +1,172 @@
+package region
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// image builds a version-1 region as libvgpu lays it out.
+func image(devices ...Device) []byte {
+	le := binary.LittleEndian
+	buf := make([]byte, headerSize+maxDevices*deviceSize+1024*192)
+	le.PutUint32(buf[0:], Magic)
+	le.PutUint32(buf[4:], Version)
+	le.PutUint32(buf[8:], headerSize)
+	le.PutUint32(buf[12:], uint32(len(buf)))
+	le.PutUint32(buf[16:], maxDevices)
+	le.PutUint32(buf[20:], 1024)
+	le.PutUint32(buf[24:], deviceSize)
+	le.PutUint32(buf[28:], 192)
+	le.PutUint32(buf[32:], headerSize)
+	le.PutUint32(buf[36:], headerSize+maxDevices*deviceSize)
+	for i, d := range devices {
+		e := buf[headerSize+i*deviceSize:]
+		copy(e, d.UUID)
+		le.PutUint64(e[offMemUsed:], d.MemoryUsedBytes)
+		le.PutUint64(e[offGPUNs:], d.GPUTimeNs)
+		le.PutUint64(e[offThrottled:], d.ThrottledNs)
+	}
+	return buf
+}
+
+func TestParse(t *testing.T) {
+	good := image(Device{UUID: "GPU-a", MemoryUsedBytes: 1 << 30, GPUTimeNs: 5, ThrottledNs: 7}, Device{UUID: "GPU-b", MemoryUsedBytes: 3})
+	devs, err := Parse(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 2 || devs[0] != (Device{UUID: "GPU-a", MemoryUsedBytes: 1 << 30, GPUTimeNs: 5, ThrottledNs: 7}) || devs[1].UUID != "GPU-b" || devs[1].MemoryUsedBytes != 3 {
+		t.Fatalf("parsed %+v", devs)
+	}
+
+	mutate := func(f func(b []byte)) []byte {
+		b := append([]byte(nil), good...)
+		f(b)
+		return b
+	}
+	for name, tc := range map[string]struct {
+		data []byte
+		want string
+	}{
+		"empty":          {nil, "truncated"},
+		"short header":   {good[:100], "truncated"},
+		"short devices":  {good[:headerSize+10], "truncated"},
+		"bad magic":      {mutate(func(b []byte) { b[0] = 'x' }), "bad magic"},
+		"other version":  {mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[4:], 2) }), "version 2"},
+		"other layout":   {mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[24:], 128) }), "layout"},
+		"zeroed header":  {mutate(func(b []byte) { clear(b[:headerSize]) }), "bad magic"},
+		"devices offset": {mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[32:], 1<<31) }), "layout"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse(tc.data)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+
+	// A UUID that fills its field without a NUL is cut at the field.
+	long := image(Device{UUID: strings.Repeat("x", 200)})
+	devs, err = Parse(long)
+	if err != nil || len(devs) != 1 || len(devs[0].UUID) != uuidLen {
+		t.Fatalf("long uuid: %v %+v", err, devs)
+	}
+}
+
+func TestReadFileMissing(t *testing.T) {
+	if _, err := ReadFile(filepath.Join(t.TempDir(), "vgpu.shr")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("err %v, want ErrNotFound", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(image(Device{UUID: "GPU-a", MemoryUsedBytes: 1}))
+	f.Add(image()[:headerSize])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		devs, err := Parse(data)
+		if err != nil {
+			return
+		}
+		if len(devs) > maxDevices {
+			t.Fatalf("%d devices", len(devs))
+		}
+		for _, d := range devs {
+			if d.UUID == "" || len(d.UUID) > uuidLen {
+				t.Fatalf("uuid %q", d.UUID)
+			}
+		}
+	})
+}
+
+// TestReadsLibvgpuRegion reads a region that the real libvgpu wrote, while a
+// process of the "claim" holds memory through the fake driver: the Go reader
+// and the C writer agree on the layout. It needs vgpu-core built (make
+// vgpu-core; `make test` builds it before the Go tests).
+func TestReadsLibvgpuRegion(t *testing.T) {
+	build := filepath.Join("..", "..", "vgpu-core", "build")
+	probe := filepath.Join(build, "tests", "quota")
+	lib, err := filepath.Abs(filepath.Join(build, "libvgpu.so"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{probe, lib} {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("vgpu-core is not built (make vgpu-core): %v", err)
+		}
+	}
+	dir := t.TempDir()
+	shr := filepath.Join(dir, "vgpu.shr")
+	uuid := "GPU-11111111-2222-3333-4444-555555555555"
+	cmd := exec.Command(probe, "--hold", "1024", "512")
+	cmd.Env = []string{
+		"LD_LIBRARY_PATH=" + filepath.Join(build, "fake"),
+		"LD_PRELOAD=" + lib,
+		"FAKE_GPU_STATE=" + filepath.Join(dir, "fakegpu"),
+		"FAKE_GPU_DEV_0=0000:3b:00.0," + uuid + ",80g,NVIDIA A100-SXM4-80GB",
+		"VGPU_DEVICE_UUIDS=" + uuid,
+		"CUDA_DEVICE_MEMORY_LIMIT_0=4g",
+		"CUDA_DEVICE_MEMORY_SHARED_CACHE=" + shr,
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	held := make(chan bool, 1)
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			if s.Text() == "holding" {
+				held <- true
+				return
+			}
+		}
+		held <- false
+	}()
+	select {
+	case ok := <-held:
+		if !ok {
+			t.Fatal("quota probe exited before holding its allocations")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("quota probe did not hold its allocations within 30 s")
+	}
+	devs, err := ReadFile(shr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 1 || devs[0].UUID != uuid || devs[0].MemoryUsedBytes != 1536<<20 {
+		t.Fatalf("region says %+v, want %s using 1536 MiB", devs, uuid)
+	}
+}
