@@ -24,10 +24,13 @@ func main() {
 }
 
 func run() int {
-	stateDir := flag.String("state-dir", ".demo", "where the kubeconfig and the logs go (relative to the repository root)")
-	kubectl := flag.String("kubectl", "e2e/bin/kubectl", "the kubectl binary to recommend (relative to the repository root)")
-	verbosity := flag.Int("v", 1, "log verbosity of the control plane and the node agents (their log file)")
-	flag.Parse()
+	// A flag set of its own: the Kubernetes packages linked in register
+	// flags of theirs (-v among them) on the default one.
+	flags := flag.NewFlagSet("demo", flag.ExitOnError)
+	stateDir := flags.String("state-dir", ".demo", "where the kubeconfig and the logs go (relative to the repository root)")
+	kubectl := flags.String("kubectl", "e2e/bin/kubectl", "the kubectl binary to recommend (relative to the repository root)")
+	verbosity := flags.Int("v", 1, "log verbosity of the control plane and the node agents (their log file)")
+	_ = flags.Parse(os.Args[1:])
 
 	repo, err := localcluster.FindRepoRoot()
 	if err != nil {
@@ -102,7 +105,7 @@ func printHelp(env *localcluster.Env, took time.Duration, kubeconfig, kubectl, r
 		return p
 	}
 	fmt.Printf(`
-The local cluster is up (%v): Kubernetes %s control plane, %d simulated GPU nodes:
+The local cluster is up (%v): Kubernetes 1.37 control plane (k8s.io/kubernetes v1.37.1, kubectl %s), %d simulated GPU nodes:
 %s
 Each node runs the real vgpu-kubelet-plugin (logs: %s/<node>/plugin.log) and
 libvgpu is preloaded into every pod; pods run as local processes on this machine.
