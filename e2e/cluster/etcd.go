@@ -27,11 +27,11 @@ func startEtcd(ctx context.Context, dir string) (*etcdServer, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("etcd dir: %w", err)
 	}
-	clientPort, err := freePort()
+	clientPort, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	peerPort, err := freePort()
+	peerPort, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -74,10 +74,10 @@ func (s *etcdServer) stop() {
 	s.etcd.Close()
 }
 
-// freePort asks the kernel for an unused TCP port on the loopback interface.
+// FreePort asks the kernel for an unused TCP port on the loopback interface.
 // The port is released before use, so another process could take it in
 // between; on one machine running one harness that race has not mattered.
-func freePort() (int, error) {
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)

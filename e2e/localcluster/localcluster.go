@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -306,7 +305,7 @@ func (e *Env) startNode(ctx context.Context, spec NodeSpec, pluginBin string) (*
 	if err != nil {
 		return nil, fmt.Errorf("plugin identity: %w", err)
 	}
-	metricsPort, err := freePort()
+	metricsPort, err := cluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -337,17 +336,6 @@ func (e *Env) startNode(ctx context.Context, spec NodeSpec, pluginBin string) (*
 		return nil, err
 	}
 	return n, nil
-}
-
-// freePort asks the kernel for an unused loopback port (released before
-// the plugin binds it; nothing else on the machine races for it in tests).
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // WaitForSlices waits until the node's plugin has published at least one
