@@ -10,11 +10,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -207,6 +209,21 @@ func goBuild(ctx context.Context, dir, out, pkg string) error {
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("go build %s: %w", pkg, err)
+	}
+	return nil
+}
+
+// LogToFile sends klog's output (the control plane's, the node agents' and
+// the harness's) to path instead of stderr: it is far too much for a
+// terminal or a test's output.
+func LogToFile(path string, verbosity int) error {
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	for k, v := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL",
+		"log_file": path, "v": strconv.Itoa(verbosity), "one_output": "true"} {
+		if err := fs.Set(k, v); err != nil {
+			return fmt.Errorf("klog flag %s: %w", k, err)
+		}
 	}
 	return nil
 }

@@ -48,14 +48,9 @@ func run(m *testing.M) int {
 	// The control plane logs a lot; it goes to a file, the tests' own
 	// output stays readable.
 	logPath := filepath.Join(work, "e2e.log")
-	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(fs)
-	for k, v := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL",
-		"log_file": logPath, "v": "1", "one_output": "true"} {
-		if err := fs.Set(k, v); err != nil {
-			fmt.Fprintln(os.Stderr, "klog:", err)
-			return 1
-		}
+	if err := localcluster.LogToFile(logPath, 1); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	defer klog.Flush()
 

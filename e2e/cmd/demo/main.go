@@ -46,14 +46,9 @@ func run() int {
 		return 1
 	}
 	logPath := filepath.Join(dir, "cluster.log")
-	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(fs)
-	for k, v := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL",
-		"log_file": logPath, "v": fmt.Sprint(*verbosity), "one_output": "true"} {
-		if err := fs.Set(k, v); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
+	if err := localcluster.LogToFile(logPath, *verbosity); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	defer klog.Flush()
 
