@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
@@ -145,7 +146,7 @@ func roMount(host, container string) *cdispec.Mount {
 
 // mknodChar creates a character device node, replacing a stale one.
 func mknodChar(path string, major, minor uint32) error {
-	dev := int((major << 8) | (minor & 0xff) | ((minor &^ 0xff) << 12))
+	dev := int(unix.Mkdev(major, minor))
 	err := syscall.Mknod(path, syscall.S_IFCHR|0o666, dev)
 	if errors.Is(err, os.ErrExist) {
 		if err = os.Remove(path); err == nil {

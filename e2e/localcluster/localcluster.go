@@ -363,16 +363,8 @@ func (e *Env) WaitForSlices(ctx context.Context, nodeName string, timeout time.D
 		if n != nil && !n.Plugin.Running() {
 			return false, fmt.Errorf("vgpu-kubelet-plugin of %s exited (see %s)", nodeName, n.Plugin.Config().LogFile)
 		}
-		slices, err := e.Cluster.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
-		if err != nil {
-			return false, nil
-		}
-		for _, s := range slices.Items {
-			if s.Spec.Driver == plugin.DriverName && len(s.Spec.Devices) > 0 {
-				return true, nil
-			}
-		}
-		return false, nil
+		uids, err := e.sliceUIDs(ctx, nodeName)
+		return err == nil && len(uids) > 0, nil
 	})
 	if err != nil {
 		return fmt.Errorf("ResourceSlices of node %s: %w", nodeName, err)
@@ -395,7 +387,7 @@ func (e *Env) RestartAgent(nodeName string, forgetState bool) error {
 	if n == nil {
 		return fmt.Errorf("no node %s", nodeName)
 	}
-	old, err := e.sliceUIDs(nodeName)
+	old, err := e.sliceUIDs(e.ctx, nodeName)
 	if err != nil {
 		return err
 	}
@@ -417,8 +409,8 @@ func (e *Env) RestartAgent(nodeName string, forgetState bool) error {
 		return fmt.Errorf("restart node agent of %s: %w", nodeName, err)
 	}
 	n.agent = agent
-	err = wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		now, err := e.sliceUIDs(nodeName)
+	err = wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		now, err := e.sliceUIDs(ctx, nodeName)
 		if err != nil || len(now) == 0 {
 			return false, nil
 		}
@@ -436,8 +428,8 @@ func (e *Env) RestartAgent(nodeName string, forgetState bool) error {
 }
 
 // sliceUIDs returns the UIDs of the node's ResourceSlices that have devices.
-func (e *Env) sliceUIDs(nodeName string) (map[types.UID]bool, error) {
-	slices, err := e.Cluster.Client.ResourceV1().ResourceSlices().List(e.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+func (e *Env) sliceUIDs(ctx context.Context, nodeName string) (map[types.UID]bool, error) {
+	slices, err := e.Cluster.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
 	if err != nil {
 		return nil, fmt.Errorf("ResourceSlices of %s: %w", nodeName, err)
 	}

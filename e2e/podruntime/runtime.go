@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -93,7 +94,7 @@ func makeDevices(dir string, devices []Device) ([]Mount, error) {
 		if mode == 0 {
 			mode = 0o666
 		}
-		dev := int((d.Major << 8) | (d.Minor & 0xff) | ((d.Minor &^ 0xff) << 12))
+		dev := int(unix.Mkdev(uint32(d.Major), uint32(d.Minor)))
 		node := filepath.Join(dir, fmt.Sprintf("dev%d", i))
 		if err := syscall.Mknod(node, kind|uint32(mode), dev); err != nil {
 			return nil, fmt.Errorf("device node %s (%d:%d): %w", d.Path, d.Major, d.Minor, err)

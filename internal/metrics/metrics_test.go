@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"encoding/binary"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,21 +21,10 @@ func (f fakeSource) PreparedClaims() []ClaimQuota { return f }
 func TestUsageFromRegion(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.shr")
-	// The region as libvgpu writes it (layout: internal/region).
-	img := make([]byte, 256+16*256)
-	le := binary.LittleEndian
-	for off, v := range map[int]uint32{0: region.Magic, 4: region.Version, 8: 256, 16: 16, 24: 256, 32: 256} {
-		le.PutUint32(img[off:], v)
-	}
-	entry := func(i int, uuid string, used, gpuNs, throttledNs uint64) {
-		e := img[256+i*256:]
-		copy(e, uuid)
-		le.PutUint64(e[104:], used)
-		le.PutUint64(e[120:], gpuNs)
-		le.PutUint64(e[152:], throttledNs)
-	}
-	entry(0, "GPU-1", 1<<30, 3e9, 5e8)
-	entry(1, "GPU-not-ours", 7, 7, 7)
+	img := region.Image(
+		region.Device{UUID: "GPU-1", MemoryUsedBytes: 1 << 30, GPUTimeNs: 3e9, ThrottledNs: 5e8},
+		region.Device{UUID: "GPU-not-ours", MemoryUsedBytes: 7, GPUTimeNs: 7, ThrottledNs: 7},
+	)
 	if err := os.WriteFile(good, img, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -50,6 +50,27 @@ type Device struct {
 	ThrottledNs uint64
 }
 
+// Image returns a version-1 region holding devices, laid out as libvgpu
+// lays it out (process slots empty). Tests of the readers use it, so that
+// the layout is written down once on the Go side.
+func Image(devices ...Device) []byte {
+	le := binary.LittleEndian
+	const slots, slotSize = 1024, 192
+	buf := make([]byte, headerSize+maxDevices*deviceSize+slots*slotSize)
+	for off, v := range map[int]uint32{0: Magic, 4: Version, 8: headerSize, 12: uint32(len(buf)), 16: maxDevices,
+		20: slots, 24: deviceSize, 28: slotSize, 32: headerSize, 36: headerSize + maxDevices*deviceSize} {
+		le.PutUint32(buf[off:], v)
+	}
+	for i, d := range devices[:min(len(devices), maxDevices)] {
+		e := buf[headerSize+i*deviceSize:]
+		copy(e[:uuidLen], d.UUID)
+		le.PutUint64(e[offMemUsed:], d.MemoryUsedBytes)
+		le.PutUint64(e[offGPUNs:], d.GPUTimeNs)
+		le.PutUint64(e[offThrottled:], d.ThrottledNs)
+	}
+	return buf
+}
+
 // ReadFile reads the region at path. Only the header and the device
 // entries are read (4 KiB), never the process slots.
 func ReadFile(path string) ([]Device, error) {

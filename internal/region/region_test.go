@@ -12,32 +12,8 @@ import (
 	"time"
 )
 
-// image builds a version-1 region as libvgpu lays it out.
-func image(devices ...Device) []byte {
-	le := binary.LittleEndian
-	buf := make([]byte, headerSize+maxDevices*deviceSize+1024*192)
-	le.PutUint32(buf[0:], Magic)
-	le.PutUint32(buf[4:], Version)
-	le.PutUint32(buf[8:], headerSize)
-	le.PutUint32(buf[12:], uint32(len(buf)))
-	le.PutUint32(buf[16:], maxDevices)
-	le.PutUint32(buf[20:], 1024)
-	le.PutUint32(buf[24:], deviceSize)
-	le.PutUint32(buf[28:], 192)
-	le.PutUint32(buf[32:], headerSize)
-	le.PutUint32(buf[36:], headerSize+maxDevices*deviceSize)
-	for i, d := range devices {
-		e := buf[headerSize+i*deviceSize:]
-		copy(e, d.UUID)
-		le.PutUint64(e[offMemUsed:], d.MemoryUsedBytes)
-		le.PutUint64(e[offGPUNs:], d.GPUTimeNs)
-		le.PutUint64(e[offThrottled:], d.ThrottledNs)
-	}
-	return buf
-}
-
 func TestParse(t *testing.T) {
-	good := image(Device{UUID: "GPU-a", MemoryUsedBytes: 1 << 30, GPUTimeNs: 5, ThrottledNs: 7}, Device{UUID: "GPU-b", MemoryUsedBytes: 3})
+	good := Image(Device{UUID: "GPU-a", MemoryUsedBytes: 1 << 30, GPUTimeNs: 5, ThrottledNs: 7}, Device{UUID: "GPU-b", MemoryUsedBytes: 3})
 	devs, err := Parse(good)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +49,7 @@ func TestParse(t *testing.T) {
 	}
 
 	// A UUID that fills its field without a NUL is cut at the field.
-	long := image(Device{UUID: strings.Repeat("x", 200)})
+	long := Image(Device{UUID: strings.Repeat("x", 200)})
 	devs, err = Parse(long)
 	if err != nil || len(devs) != 1 || len(devs[0].UUID) != uuidLen {
 		t.Fatalf("long uuid: %v %+v", err, devs)
@@ -87,8 +63,8 @@ func TestReadFileMissing(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	f.Add(image(Device{UUID: "GPU-a", MemoryUsedBytes: 1}))
-	f.Add(image()[:headerSize])
+	f.Add(Image(Device{UUID: "GPU-a", MemoryUsedBytes: 1}))
+	f.Add(Image()[:headerSize])
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		devs, err := Parse(data)
