@@ -22,6 +22,7 @@ struct CUctx_st { int dev; struct CUstream_st def; };
 struct CUevent_st { uint64_t t; int recorded; };
 struct CUfunc_st { int timed; };
 static struct CUctx_st primary[FG_MAX_DEV];
+static int primary_refs[FG_MAX_DEV];
 static __thread CUcontext current;
 static int inited;
 static struct CUfunc_st timed_fn = {1}, plain_fn = {0};
@@ -41,6 +42,7 @@ CUresult cuDeviceGet(CUdevice *d, int o)
 int fk_host(CUdevice d) { return (d >= 0 && d < fg.nvis) ? fg.vis[d] : -1; }
 static int host(CUdevice d) { return fk_host(d); }
 int fk_current_dev(void) { return current ? current->dev : -1; }
+int fk_initialized(void) { return inited; }
 
 CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d)
 {
@@ -77,13 +79,22 @@ CUresult cuCtxCreate_v2(CUcontext *c, unsigned flags, CUdevice d)
 {
     (void)flags;
     if (host(d) < 0) return CUDA_ERROR_INVALID_DEVICE;
+    CUresult mr = fm_ctx_acquire(d); /* a context takes device memory */
+    if (mr != CUDA_SUCCESS) return mr;
     struct CUctx_st *x = calloc(1, sizeof *x);
     x->dev = d;
     x->def.dev = d;
     *c = current = x;
     return CUDA_SUCCESS;
 }
-CUresult cuCtxDestroy_v2(CUcontext c) { if (current == c) current = NULL; free(c); return CUDA_SUCCESS; }
+CUresult cuCtxDestroy_v2(CUcontext c)
+{
+    if (!c) return CUDA_ERROR_INVALID_VALUE;
+    fm_ctx_release(c->dev);
+    if (current == c) current = NULL;
+    free(c);
+    return CUDA_SUCCESS;
+}
 CUresult cuCtxSetCurrent(CUcontext c) { current = c; return CUDA_SUCCESS; }
 CUresult cuCtxGetCurrent(CUcontext *c) { *c = current; return CUDA_SUCCESS; }
 CUresult cuCtxGetDevice(CUdevice *d)
@@ -95,12 +106,23 @@ CUresult cuCtxGetDevice(CUdevice *d)
 CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d)
 {
     if (host(d) < 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (primary_refs[d] == 0) {
+        CUresult mr = fm_ctx_acquire(d); /* the primary context is created at its first retain */
+        if (mr != CUDA_SUCCESS) return mr;
+    }
+    primary_refs[d]++;
     primary[d].dev = d;
     primary[d].def.dev = d;
     *c = &primary[d];
     return CUDA_SUCCESS;
 }
-CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { (void)d; return CUDA_SUCCESS; }
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d)
+{
+    if (host(d) < 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (primary_refs[d] == 0) return CUDA_ERROR_INVALID_CONTEXT;
+    if (--primary_refs[d] == 0) fm_ctx_release(d); /* destroyed at its last release */
+    return CUDA_SUCCESS;
+}
 
 /* ---- execution ---- */
 CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
@@ -113,6 +135,14 @@ static struct CUstream_st *strm(CUstream s)
 {
     if (s && s != (CUstream)1 && s != (CUstream)2) return s; /* 1, 2: legacy / per-thread handles */
     return current ? &current->def : NULL;
+}
+int fk_stream(CUstream s, int *dev, uint64_t *done_at)
+{
+    struct CUstream_st *st = strm(s);
+    if (!st) return -1;
+    *dev = st->dev;
+    *done_at = st->last_end;
+    return 0;
 }
 static CUresult launch(CUstream s, uint64_t dur)
 {
@@ -180,6 +210,7 @@ CUresult cuStreamSynchronize(CUstream s)
     struct CUstream_st *st = strm(s);
     if (!st) return CUDA_ERROR_INVALID_CONTEXT;
     fg_sleep_until(st->last_end);
+    fm_on_sync();
     return CUDA_SUCCESS;
 }
 CUresult cuStreamIsCapturing(CUstream s, int *status) { (void)s; *status = 0; return CUDA_SUCCESS; }
@@ -200,7 +231,7 @@ CUresult cuEventRecord(CUevent e, CUstream s)
     return CUDA_SUCCESS;
 }
 CUresult cuEventQuery(CUevent e) { return fg_now() >= e->t ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY; }
-CUresult cuEventSynchronize(CUevent e) { fg_sleep_until(e->t); return CUDA_SUCCESS; }
+CUresult cuEventSynchronize(CUevent e) { fg_sleep_until(e->t); fm_on_sync(); return CUDA_SUCCESS; }
 CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
 {
     if (!a->recorded || !b->recorded) return CUDA_ERROR_INVALID_HANDLE;
@@ -211,7 +242,7 @@ CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
 
 /* ---- cuGetProcAddress ---- */
 #define FK_ENTRY(ret, name, args) {#name, (void *)&name},
-static const struct { const char *name; void *fn; } table[] = { VGPU_CUDA_PROTOS(FK_ENTRY) };
+static const struct { const char *name; void *fn; } table[] = { VGPU_CUDA_PROTOS(FK_ENTRY) VGPU_CUDA_MEM_PROTOS(FK_ENTRY) };
 
 /* FAKE_PROCADDR_INTERNAL=1: hand out internal addresses, as a real driver
  * may, so libvgpu must map by name and version. */

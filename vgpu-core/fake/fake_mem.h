@@ -3,9 +3,23 @@
 #ifndef FAKE_MEM_H
 #define FAKE_MEM_H
 #include "vgpu_cuda.h"
+#include <stdint.h>
 
-/* fake_cuda.c: host index of a CUDA ordinal (-1 if not visible), and the
- * ordinal of the calling thread's current context (-1 if none). */
+/* fake_cuda.c: host index of a CUDA ordinal (-1 if not visible), the
+ * ordinal of the calling thread's current context (-1 if none), whether
+ * cuInit has run, and a stream's ordinal and the time (fg_now() clock) at
+ * which the work queued on it so far completes (-1: invalid stream). */
 int fk_host(CUdevice d);
 int fk_current_dev(void);
+int fk_initialized(void);
+int fk_stream(CUstream s, int *dev, uint64_t *done_at);
+
+/* fake_mem.c: a context (primary at its first retain, or cuCtxCreate'd)
+ * takes FAKE_CTX_MEM bytes of the device's memory until it is destroyed;
+ * CUDA_ERROR_OUT_OF_MEMORY when the device has no room for it. */
+CUresult fm_ctx_acquire(CUdevice d);
+void fm_ctx_release(CUdevice d);
+/* Stream, event and context synchronisation: pools release what they hold
+ * above their release threshold (CUDA's documented trim point). */
+void fm_on_sync(void);
 #endif

@@ -43,6 +43,26 @@ typedef enum {
     CU_AD_FORMAT_UNSIGNED_INT32 = 0x03, CU_AD_FORMAT_SIGNED_INT8 = 0x08,
     CU_AD_FORMAT_SIGNED_INT16 = 0x09, CU_AD_FORMAT_SIGNED_INT32 = 0x0a,
     CU_AD_FORMAT_HALF = 0x10, CU_AD_FORMAT_FLOAT = 0x20,
+    CU_AD_FORMAT_UNORM_INT_101010_2 = 0x50,
+    CU_AD_FORMAT_BC1_UNORM = 0x91, CU_AD_FORMAT_BC1_UNORM_SRGB = 0x92,
+    CU_AD_FORMAT_BC2_UNORM = 0x93, CU_AD_FORMAT_BC2_UNORM_SRGB = 0x94,
+    CU_AD_FORMAT_BC3_UNORM = 0x95, CU_AD_FORMAT_BC3_UNORM_SRGB = 0x96,
+    CU_AD_FORMAT_BC4_UNORM = 0x97, CU_AD_FORMAT_BC4_SNORM = 0x98,
+    CU_AD_FORMAT_BC5_UNORM = 0x99, CU_AD_FORMAT_BC5_SNORM = 0x9a,
+    CU_AD_FORMAT_BC6H_UF16 = 0x9b, CU_AD_FORMAT_BC6H_SF16 = 0x9c,
+    CU_AD_FORMAT_BC7_UNORM = 0x9d, CU_AD_FORMAT_BC7_UNORM_SRGB = 0x9e,
+    CU_AD_FORMAT_P010 = 0x9f, CU_AD_FORMAT_P016 = 0xa1, CU_AD_FORMAT_NV16 = 0xa2,
+    CU_AD_FORMAT_P210 = 0xa3, CU_AD_FORMAT_P216 = 0xa4, CU_AD_FORMAT_YUY2 = 0xa5,
+    CU_AD_FORMAT_Y210 = 0xa6, CU_AD_FORMAT_Y216 = 0xa7, CU_AD_FORMAT_AYUV = 0xa8,
+    CU_AD_FORMAT_Y410 = 0xa9, CU_AD_FORMAT_NV12 = 0xb0, CU_AD_FORMAT_Y416 = 0xb1,
+    CU_AD_FORMAT_Y444_PLANAR8 = 0xb2, CU_AD_FORMAT_Y444_PLANAR10 = 0xb3,
+    CU_AD_FORMAT_YUV444_8bit_SemiPlanar = 0xb4, CU_AD_FORMAT_YUV444_16bit_SemiPlanar = 0xb5,
+    CU_AD_FORMAT_UNORM_INT8X1 = 0xc0, CU_AD_FORMAT_UNORM_INT8X2 = 0xc1,
+    CU_AD_FORMAT_UNORM_INT8X4 = 0xc2, CU_AD_FORMAT_UNORM_INT16X1 = 0xc3,
+    CU_AD_FORMAT_UNORM_INT16X2 = 0xc4, CU_AD_FORMAT_UNORM_INT16X4 = 0xc5,
+    CU_AD_FORMAT_SNORM_INT8X1 = 0xc6, CU_AD_FORMAT_SNORM_INT8X2 = 0xc7,
+    CU_AD_FORMAT_SNORM_INT8X4 = 0xc8, CU_AD_FORMAT_SNORM_INT16X1 = 0xc9,
+    CU_AD_FORMAT_SNORM_INT16X2 = 0xca, CU_AD_FORMAT_SNORM_INT16X4 = 0xcb,
 } CUarray_format;
 
 typedef struct {
@@ -59,6 +79,26 @@ typedef struct {
 } CUDA_ARRAY3D_DESCRIPTOR;
 
 typedef struct { int type; int id; } CUmemLocation;
+#define CU_MEM_LOCATION_TYPE_DEVICE 1
+
+/* Stream-ordered allocator: memory pools. */
+typedef struct {
+    int allocType;            /* CU_MEM_ALLOCATION_TYPE_PINNED = 1 */
+    int handleTypes;
+    CUmemLocation location;
+    void *win32SecurityAttributes;
+    size_t maxSize;
+    unsigned short usage;
+    unsigned char reserved[54];
+} CUmemPoolProps;
+typedef enum {
+    CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES = 1, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC = 2,
+    CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES = 3, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4,
+    CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT = 5, CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH = 6,
+    CU_MEMPOOL_ATTR_USED_MEM_CURRENT = 7, CU_MEMPOOL_ATTR_USED_MEM_HIGH = 8,
+} CUmemPool_attribute;
+
+typedef struct { size_t size, alignment; unsigned int reserved[4]; } CUDA_ARRAY_MEMORY_REQUIREMENTS;
 typedef struct {
     int type;                 /* CU_MEM_ALLOCATION_TYPE_PINNED = 1 */
     int requestedHandleTypes;
@@ -152,9 +192,31 @@ X(CUresult, cuEventQuery, (CUevent e)) \
 X(CUresult, cuEventSynchronize, (CUevent e)) \
 X(CUresult, cuEventElapsedTime, (float *ms, CUevent a, CUevent b))
 
+/* Memory management beyond allocation: pools, virtual memory mappings,
+ * array sizes, contexts and modules (what takes device memory). */
+#define VGPU_CUDA_MEM_PROTOS(X) \
+X(CUresult, cuDeviceGetDefaultMemPool, (CUmemoryPool *pool, CUdevice d)) \
+X(CUresult, cuDeviceGetMemPool, (CUmemoryPool *pool, CUdevice d)) \
+X(CUresult, cuDeviceSetMemPool, (CUdevice d, CUmemoryPool pool)) \
+X(CUresult, cuMemPoolCreate, (CUmemoryPool *pool, const CUmemPoolProps *props)) \
+X(CUresult, cuMemPoolDestroy, (CUmemoryPool pool)) \
+X(CUresult, cuMemPoolGetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value)) \
+X(CUresult, cuMemPoolSetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value)) \
+X(CUresult, cuMemPoolTrimTo, (CUmemoryPool pool, size_t minBytesToKeep)) \
+X(CUresult, cuMemAddressReserve, (CUdeviceptr *p, size_t size, size_t align, CUdeviceptr addr, unsigned long long flags)) \
+X(CUresult, cuMemAddressFree, (CUdeviceptr p, size_t size)) \
+X(CUresult, cuMemMap, (CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocationHandle h, unsigned long long flags)) \
+X(CUresult, cuMemUnmap, (CUdeviceptr p, size_t size)) \
+X(CUresult, cuArrayGetMemoryRequirements, (CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUarray a, CUdevice d)) \
+X(CUresult, cuMipmappedArrayGetMemoryRequirements, (CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUmipmappedArray a, CUdevice d)) \
+X(CUresult, cuModuleLoad, (CUmodule *m, const char *fname)) \
+X(CUresult, cuModuleLoadData, (CUmodule *m, const void *image)) \
+X(CUresult, cuModuleUnload, (CUmodule m))
+
 #define VGPU_DECLARE_PROTO(ret, name, args) ret name args;
 #pragma GCC visibility push(default)
 VGPU_CUDA_PROTOS(VGPU_DECLARE_PROTO)
+VGPU_CUDA_MEM_PROTOS(VGPU_DECLARE_PROTO)
 #pragma GCC visibility pop
 
 #endif

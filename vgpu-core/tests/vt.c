@@ -98,17 +98,12 @@ static CUcontext ctx_on(int dev)
     return c;
 }
 
-#ifdef VGPU_REAL_GPU
-CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev);
 static CUmemoryPool default_pool(int dev)
 {
     CUmemoryPool p = NULL;
     cuDeviceGetDefaultMemPool(&p, dev);
     return p;
 }
-#else
-static CUmemoryPool default_pool(int dev) { (void)dev; return NULL; }
-#endif
 
 /* Allocate one 256 MiB object through API kind k. */
 static const char *kinds[] = {"cuMemAlloc_v2", "cuMemAllocPitch_v2", "cuMemAllocManaged", "cuMemAllocAsync",
