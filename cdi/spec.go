@@ -13,7 +13,7 @@ import (
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
-	"github.com/hami-dra/hami-dra/internal/checkpoint"
+	"github.com/hami-dra/hami-dra/internal/atomicfile"
 )
 
 const (
@@ -124,31 +124,42 @@ func (c ClaimSpec) Build() (*cdispec.Spec, error) {
 
 // Write validates spec with the CDI library and writes it atomically
 // (temp, fsync, rename, fsync dir) as the claim's spec file in dir.
+//
+// The copy that is validated is written to a private directory under
+// $TMPDIR, never into dir: runtimes scan dir for *.json and *.yaml, and a
+// second spec defining the same devices is a conflict that may drop both.
+// The temp file of the atomic write is invisible to them (atomicfile).
 func Write(dir, uid string, spec *cdispec.Spec) error {
 	data, err := json.Marshal(spec)
 	if err != nil {
 		return fmt.Errorf("encode CDI spec: %w", err)
 	}
+	if err := validate(uid, data); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create CDI dir: %w", err)
 	}
-	// Validate exactly the bytes we write, the way runtimes will read them.
-	tmp, err := os.CreateTemp(dir, ".validate"+checkpoint.TempSuffix+"*.json")
-	if err != nil {
-		return fmt.Errorf("create temp CDI spec: %w", err)
-	}
-	tmpName := tmp.Name()
-	_, werr := tmp.Write(data)
-	_ = tmp.Close()
-	defer os.Remove(tmpName)
-	if werr != nil {
-		return fmt.Errorf("write temp CDI spec: %w", werr)
-	}
-	if _, err := cdiapi.ReadSpec(tmpName, 0); err != nil {
-		return fmt.Errorf("invalid CDI spec for claim %s: %w", uid, err)
-	}
-	if err := checkpoint.WriteFileAtomic(filepath.Join(dir, SpecFileName(uid)), data, 0o644, true); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, SpecFileName(uid)), data, 0o644, true); err != nil {
 		return fmt.Errorf("write CDI spec: %w", err)
+	}
+	return nil
+}
+
+// validate parses exactly the bytes that will be written, the way runtimes
+// read them (the library reads specs only from files).
+func validate(uid string, data []byte) error {
+	scratch, err := os.MkdirTemp("", "hami-dra-cdi-")
+	if err != nil {
+		return fmt.Errorf("create scratch directory to validate the CDI spec (is $TMPDIR writable?): %w", err)
+	}
+	defer os.RemoveAll(scratch)
+	p := filepath.Join(scratch, SpecFileName(uid))
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		return fmt.Errorf("write CDI spec to validate: %w", err)
+	}
+	if _, err := cdiapi.ReadSpec(p, 0); err != nil {
+		return fmt.Errorf("invalid CDI spec for claim %s: %w", uid, err)
 	}
 	return nil
 }

@@ -16,9 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/hami-dra/hami-dra/internal/atomicfile"
 )
 
 const (
@@ -210,70 +211,11 @@ func (s *Store) Sync() error {
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
-	if err := WriteFileAtomic(s.path, data, 0o600, true); err != nil {
+	if err := atomicfile.WriteFile(s.path, data, 0o600, true); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
 	s.durableGen = gen
 	return nil
-}
-
-// WriteFileAtomic writes data to a temp file next to path, fsyncs it when
-// durable is set, renames it over path and fsyncs the directory. Readers
-// see the old or the new content, never a mix.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode, durable bool) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+TempSuffix)
-	if err != nil {
-		return err
-	}
-	name := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			_ = tmp.Close()
-			_ = os.Remove(name)
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		return err
-	}
-	if durable {
-		if err := tmp.Sync(); err != nil {
-			return err
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(name, path); err != nil {
-		return err
-	}
-	ok = true
-	if durable {
-		return SyncDir(dir)
-	}
-	return nil
-}
-
-// TempSuffix marks temp files of WriteFileAtomic; recovery removes them.
-const TempSuffix = ".tmp-"
-
-// IsTempFile reports whether a directory entry is a leftover temp file.
-func IsTempFile(name string) bool {
-	return strings.HasPrefix(name, ".") && strings.Contains(name, TempSuffix)
-}
-
-// SyncDir fsyncs a directory so a rename in it survives a crash.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // ReadBootID reads the kernel's boot ID (/proc/sys/kernel/random/boot_id).

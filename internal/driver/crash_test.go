@@ -12,6 +12,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 
 	"github.com/hami-dra/hami-dra/cdi"
+	"github.com/hami-dra/hami-dra/internal/atomicfile"
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 )
 
@@ -113,7 +114,7 @@ func assertConsistent(t *testing.T, e *env, uid string) bool {
 	}
 	entries, _ := os.ReadDir(e.cfg.CDIRoot)
 	for _, en := range entries {
-		if checkpoint.IsTempFile(en.Name()) {
+		if atomicfile.IsTempFile(en.Name()) {
 			t.Fatalf("temp file left: %s", en.Name())
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hami-dra/hami-dra/cdi"
+	"github.com/hami-dra/hami-dra/internal/atomicfile"
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 )
 
@@ -327,7 +328,7 @@ func (d *Driver) writeReservations(uuids []string) error {
 	sum := d.reservedCores()
 	for _, u := range uuids {
 		data := []byte("version=1\nreserved=" + strconv.FormatInt(sum[u], 10) + "\n")
-		if err := checkpoint.WriteFileAtomic(filepath.Join(d.gpuStateDir(), u), data, 0o644, false); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(d.gpuStateDir(), u), data, 0o644, false); err != nil {
 			return fmt.Errorf("write reservation of %s: %w", u, err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hami-dra/hami-dra/cdi"
+	"github.com/hami-dra/hami-dra/internal/atomicfile"
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 )
 
@@ -94,7 +95,7 @@ func (d *Driver) writePreload() error {
 	if got, err := os.ReadFile(d.preloadPath()); err == nil && string(got) == want {
 		return nil
 	}
-	if err := checkpoint.WriteFileAtomic(d.preloadPath(), []byte(want), 0o644, true); err != nil {
+	if err := atomicfile.WriteFile(d.preloadPath(), []byte(want), 0o644, true); err != nil {
 		return fmt.Errorf("write ld.so.preload: %w", err)
 	}
 	return nil
@@ -106,7 +107,7 @@ func removeTempFiles(dir string) {
 		return
 	}
 	for _, e := range entries {
-		if checkpoint.IsTempFile(e.Name()) {
+		if atomicfile.IsTempFile(e.Name()) {
 			_ = os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
