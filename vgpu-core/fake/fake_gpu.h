@@ -16,7 +16,24 @@
  *                    processes that see different subsets of a node's GPUs
  *                    share one simulated machine.
  *   FAKE_KERNEL_NS   duration of kernels that do not say (default 0: no timeline work)
- *   FAKE_WORK_TAG    0..7: tags this process's kernels in the work trace */
+ *   FAKE_WORK_TAG    0..7: tags this process's kernels in the work trace
+ *   FAKE_GPU_SCHED   how the engine shares the GPU between contexts (every
+ *                    process of a test must use the same):
+ *                    launch     (default) one timeline in submission order:
+ *                               a kernel starts when every kernel submitted
+ *                               before it, by any process, has run
+ *                    alternate  contexts with queued work take turns one
+ *                               kernel at a time, whenever it was submitted
+ *                    slice:<ms> time slices: a context runs its queued work
+ *                               for up to <ms> (fractions allowed), then the
+ *                               next context with queued work gets the GPU;
+ *                               a kernel still running is preempted and
+ *                               resumes in its context's next slice
+ *                    In every model the streams of one context run
+ *                    concurrently, an event completes when its stream
+ *                    reaches it (everything before it on the stream has run
+ *                    and, in alternate/slice, its context holds the GPU),
+ *                    and a context with no queued work yields at once. */
 #ifndef FAKE_GPU_H
 #define FAKE_GPU_H
 #include <stdint.h>
@@ -25,7 +42,9 @@
 #define FG_TRACE_LEN (1u << 17)
 #define FG_MAGIC 0x46414b45u
 
-struct fg_trace { uint64_t start, end; uint32_t tag, dev; };
+/* Busy time of one context: [start, end) on device dev, by the process whose
+ * host-style PID is pid (what NVML reports). */
+struct fg_trace { uint64_t start, end; uint32_t tag, dev, pid, lane; };
 
 struct fg_dev_state {
     uint64_t phys_used;   /* bytes allocated by every process */
@@ -35,12 +54,47 @@ struct fg_dev_state {
     uint64_t launches;
 };
 
+/* Execution engine: each stream of each process is a lane, a FIFO of work
+ * items (kernels, and zero-length markers for events) in the shared state. */
+#define FG_MAX_LANES 256
+#define FG_LANE_RING 512   /* items kept per lane, done ones included */
+#define FG_LANE_DEPTH 128  /* queued items before a submission blocks (a full push buffer) */
+#define FG_MAX_PROCS 64
+struct fg_item { uint64_t dur, left, done; };
+struct fg_lane {
+    uint32_t in_use, dev, closing, tag;
+    int32_t pid;            /* owner, in its own PID namespace */
+    uint32_t hostpid;       /* owner as the driver (NVML) names it */
+    uint64_t ctx;           /* context key: lanes of one context run concurrently */
+    uint64_t gen;           /* bumped each time the lane is opened */
+    uint64_t head, tail;    /* items [head, tail) are pending */
+    uint64_t last_done;     /* launch model: completion of the newest item */
+    uint64_t alive_at;      /* when the owner was last seen alive */
+    struct fg_item q[FG_LANE_RING];
+};
+struct fg_engine {          /* per device, alternate and slice models */
+    uint32_t lock;          /* spin lock: holder's pid, 0 = free */
+    uint32_t rr;            /* round-robin position over lanes */
+    uint64_t sim_t;         /* the engine has been simulated up to here */
+    uint64_t cur_ctx;       /* context holding the GPU, 0 = none */
+    uint64_t slice_start;
+};
+struct fg_proc { int32_t pid; uint32_t hostpid; uint64_t used[FG_MAX_DEV]; };
+
 struct fg_state {
     uint32_t magic, ndev;
     struct fg_dev_state dev[FG_MAX_DEV];
     uint64_t trace_next;
     struct fg_trace trace[FG_TRACE_LEN];
+    uint32_t ready;         /* 0 new, 1 initialising, 2 ready */
+    uint32_t hostpid_base;  /* host-style PID = own PID + this (random per machine state) */
+    uint64_t ctx_next;
+    struct fg_engine eng[FG_MAX_DEV];
+    struct fg_proc proc[FG_MAX_PROCS];
+    struct fg_lane lane[FG_MAX_LANES];
 };
+
+enum { FG_SCHED_LAUNCH = 0, FG_SCHED_ALTERNATE = 1, FG_SCHED_SLICE = 2 };
 
 struct fg_dev_cfg {
     uint64_t mem;
@@ -56,6 +110,8 @@ struct fg_config {
     int vis[FG_MAX_DEV];  /* ordinal -> host index */
     uint64_t kernel_ns;
     int tag;
+    int sched;            /* FG_SCHED_* */
+    uint64_t slice_ns;
 };
 
 extern struct fg_config fg;
@@ -67,7 +123,28 @@ uint64_t fg_now(void);
 void fg_sleep_until(uint64_t t);
 int fg_phys_alloc(int dev, uint64_t bytes);   /* 0 ok, -1 out of memory */
 void fg_phys_free(int dev, uint64_t bytes);
-/* Put dur ns of work on the device timeline after not_before; returns its end. */
+/* Put dur ns of work on the device timeline after not_before; returns its end
+ * (launch model only). */
 uint64_t fg_run(int dev, uint64_t not_before, uint64_t dur);
+
+/* The engine, in every model. A lane is one stream of one context on host
+ * device dev; ctx is a key from fg_ctx_key(). Submitting blocks while the
+ * lane holds FG_LANE_DEPTH pending items. A marker (dur 0) completes when
+ * the lane reaches it. fg_lane_query: 1 and the completion time once item
+ * seq is done, 0 while pending; an item too old to be remembered is done at
+ * time 0. Stream-ordered work of other kinds (an async free) can be a marker
+ * whose completion the caller polls. */
+uint64_t fg_ctx_key(void);
+int fg_lane_open(int dev, uint64_t ctx);   /* -1: no free lane */
+void fg_lane_close(int lane);               /* freed once drained */
+uint64_t fg_lane_submit(int lane, uint64_t dur);
+int fg_lane_query(int lane, uint64_t seq, uint64_t *done);
+void fg_lane_wait(int lane, uint64_t seq);
+/* This process's host-style PID (as NVML reports it), and device memory it
+ * holds per host device (for NVML's process list). */
+uint32_t fg_hostpid(void);
+/* Bring host device dev's engine (and the work trace) up to now. */
+void fg_engine_sync(int dev);
+struct fg_proc *fg_proc_self(void);
 uint64_t fg_parse_size(const char *s);
 #endif

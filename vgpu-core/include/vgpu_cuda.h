@@ -19,6 +19,11 @@ enum {
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_NOT_READY = 600,
     CUDA_ERROR_NOT_SUPPORTED = 801,
+    CUDA_ERROR_ILLEGAL_STATE = 401,
+    CUDA_ERROR_CONTEXT_IS_DESTROYED = 709,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD = 908,
     CUDA_ERROR_UNKNOWN = 999,
 };
 
@@ -34,6 +39,10 @@ typedef struct CUarray_st *CUarray;
 typedef struct CUmipmappedArray_st *CUmipmappedArray;
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef struct CUgraphExec_st *CUgraphExec;
+typedef struct CUgraph_st *CUgraph;
+/* CUstreamCaptureMode and CUstreamCaptureStatus */
+enum { CU_STREAM_CAPTURE_MODE_GLOBAL = 0, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1, CU_STREAM_CAPTURE_MODE_RELAXED = 2 };
+enum { CU_STREAM_CAPTURE_STATUS_NONE = 0, CU_STREAM_CAPTURE_STATUS_ACTIVE = 1, CU_STREAM_CAPTURE_STATUS_INVALIDATED = 2 };
 typedef uint64_t CUmemGenericAllocationHandle;
 
 typedef struct { char bytes[16]; } CUuuid;
@@ -213,9 +222,29 @@ X(CUresult, cuModuleLoad, (CUmodule *m, const char *fname)) \
 X(CUresult, cuModuleLoadData, (CUmodule *m, const void *image)) \
 X(CUresult, cuModuleUnload, (CUmodule m))
 
+/* Handle lifetimes, stream capture and graphs (the compute limiter's side). */
+#define VGPU_CUDA_EXEC_PROTOS(X) \
+X(CUresult, cuCtxDestroy, (CUcontext c)) \
+X(CUresult, cuStreamDestroy, (CUstream s)) \
+X(CUresult, cuStreamQuery, (CUstream s)) \
+X(CUresult, cuDevicePrimaryCtxRelease, (CUdevice d)) \
+X(CUresult, cuDevicePrimaryCtxReset, (CUdevice d)) \
+X(CUresult, cuDevicePrimaryCtxReset_v2, (CUdevice d)) \
+X(CUresult, cuDevicePrimaryCtxGetState, (CUdevice d, unsigned int *flags, int *active)) \
+X(CUresult, cuStreamBeginCapture, (CUstream s)) \
+X(CUresult, cuStreamBeginCapture_v2, (CUstream s, int mode)) \
+X(CUresult, cuStreamBeginCapture_ptsz, (CUstream s)) \
+X(CUresult, cuStreamBeginCapture_v2_ptsz, (CUstream s, int mode)) \
+X(CUresult, cuStreamEndCapture, (CUstream s, CUgraph *g)) \
+X(CUresult, cuThreadExchangeStreamCaptureMode, (int *mode)) \
+X(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec *e, CUgraph g, unsigned long long flags)) \
+X(CUresult, cuGraphExecDestroy, (CUgraphExec e)) \
+X(CUresult, cuGraphDestroy, (CUgraph g))
+
 #define VGPU_DECLARE_PROTO(ret, name, args) ret name args;
 #pragma GCC visibility push(default)
 VGPU_CUDA_PROTOS(VGPU_DECLARE_PROTO)
+VGPU_CUDA_EXEC_PROTOS(VGPU_DECLARE_PROTO)
 VGPU_CUDA_MEM_PROTOS(VGPU_DECLARE_PROTO)
 #pragma GCC visibility pop
 
