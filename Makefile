@@ -14,7 +14,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # its own Makefile: vetting k8s.io/kubernetes would take minutes).
 GO_PKGS := ./...
 
-.PHONY: all build vgpu-core test test-unit test-vgpu-core test-e2e lint bench \
+.PHONY: all build vgpu-core test test-unit test-vgpu-core test-vgpu-core-asan test-e2e lint bench \
         bench-go bench-vgpu-core demo test-gpu inventory clean fmt
 
 all: build
@@ -28,10 +28,14 @@ vgpu-core:
 	$(MAKE) -C vgpu-core all
 
 ## test: everything CI runs (lint, C tests, Go unit tests, end-to-end tests)
-test: lint test-vgpu-core test-unit test-e2e
+test: lint test-vgpu-core test-vgpu-core-asan test-unit test-e2e
 
 test-vgpu-core:
 	$(MAKE) -C vgpu-core test
+
+## test-vgpu-core-asan: the C tests again, built with AddressSanitizer and UBSan
+test-vgpu-core-asan:
+	$(MAKE) -C vgpu-core test-asan
 
 test-unit:
 	$(GO) test -count=1 $(GO_PKGS)
