@@ -51,6 +51,10 @@ type ClaimSpec struct {
 	PreloadHostPath string
 	ClaimHostDir    string
 	GPUStateHostDir string
+	// AdminAccess leaves libvgpu out: no library, no ld.so.preload, no
+	// claim or reservation directories. Admin-access claims (monitoring)
+	// get whole GPUs without a quota.
+	AdminAccess bool
 }
 
 // ClaimDeviceName is the claim-wide device: env, mounts, control nodes.
@@ -106,6 +110,9 @@ func (c ClaimSpec) Build() (*cdispec.Spec, error) {
 				{HostPath: c.GPUStateHostDir, ContainerPath: ContainerGPUStateDir, Options: ro},
 			},
 		},
+	}
+	if c.AdminAccess {
+		claimDev.ContainerEdits.Mounts = nil
 	}
 	spec := &cdispec.Spec{Kind: Kind, Devices: []cdispec.Device{claimDev}}
 	for i, g := range c.GPUs {

@@ -70,6 +70,9 @@ type Claim struct {
 	// Env is the claim's quota environment, kept so that a vanished CDI
 	// spec is rebuilt exactly (claims may have been deleted meanwhile).
 	Env []string `json:"env,omitempty"`
+	// AdminAccess: the claim's GPUs were allocated with adminAccess; they
+	// carry no quota and its spec injects no libvgpu.
+	AdminAccess bool `json:"adminAccess,omitempty"`
 }
 
 // File is the on-disk document.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/hami-dra/hami-dra/internal/atomicfile"
 )
 
 func TestDecodeVersions(t *testing.T) {
@@ -64,7 +66,7 @@ func TestStoreRoundTripAndGroupCommit(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	for _, e := range entries {
-		if IsTempFile(e.Name()) {
+		if atomicfile.IsTempFile(e.Name()) {
 			t.Fatalf("temp file left: %s", e.Name())
 		}
 	}

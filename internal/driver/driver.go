@@ -121,6 +121,10 @@ type Driver struct {
 	// the previous writer saw.
 	resMu sync.Mutex
 
+	// ctx carries the logger of work done outside a gRPC call (after a
+	// re-discovery); set once Start has recovered the state.
+	ctx context.Context
+
 	stopBackground context.CancelFunc
 	wg             sync.WaitGroup
 }
@@ -158,7 +162,7 @@ func Start(ctx context.Context, cfg Config, gpus []discovery.GPU) (*Driver, erro
 		return nil, err
 	}
 	d := &Driver{cfg: cfg, store: store}
-	d.UpdateGPUs(gpus)
+	d.setGPUs(gpus)
 	if err := d.withInstanceLock(func() error { return d.recover(ctx, prevBoot != bootID) }); err != nil {
 		return nil, fmt.Errorf("recover state: %w", err)
 	}
@@ -184,6 +188,7 @@ func Start(ctx context.Context, cfg Config, gpus []discovery.GPU) (*Driver, erro
 		return nil, fmt.Errorf("start kubelet plugin: %w", err)
 	}
 	d.helper = helper
+	d.ctx = klog.NewContext(context.WithoutCancel(ctx), logger.WithName("reconcile"))
 
 	bg, cancel := context.WithCancel(klog.NewContext(context.WithoutCancel(ctx), logger.WithName("cleanup")))
 	d.stopBackground = cancel
@@ -202,9 +207,23 @@ func (d *Driver) PublishResources(ctx context.Context, res resourceslice.DriverR
 	return d.helper.PublishResources(ctx, res)
 }
 
-// UpdateGPUs replaces the set of GPUs that new claims may refer to. Claims
-// already prepared keep what they recorded in the checkpoint.
+// UpdateGPUs replaces the set of GPUs that new claims may refer to, after
+// a re-discovery, and brings prepared claims in line (see reconcile): a
+// claim whose GPU got another minor number gets its CDI spec rewritten, a
+// claim whose GPU is gone loses it, orphaned files are swept and the
+// reservation files rewritten. Errors are logged; the next discovery
+// retries.
 func (d *Driver) UpdateGPUs(gpus []discovery.GPU) {
+	d.setGPUs(gpus)
+	if d.ctx == nil {
+		return // not started yet
+	}
+	if err := d.withInstanceLock(func() error { return d.reconcile(d.ctx) }); err != nil {
+		klog.FromContext(d.ctx).Error(err, "Reconciling prepared claims with the discovered GPUs")
+	}
+}
+
+func (d *Driver) setGPUs(gpus []discovery.GPU) {
 	m := make(map[string]discovery.GPU, len(gpus))
 	for _, g := range gpus {
 		m[d.cfg.DeviceName(g)] = g
@@ -219,6 +238,14 @@ func (d *Driver) gpuByDeviceName(name string) (discovery.GPU, bool) {
 	defer d.gpusMu.RUnlock()
 	g, ok := d.gpus[name]
 	return g, ok
+}
+
+// gpuSnapshot returns the current GPUs by device name; the map is never
+// modified (UpdateGPUs replaces it), so callers may keep using it.
+func (d *Driver) gpuSnapshot() map[string]discovery.GPU {
+	d.gpusMu.RLock()
+	defer d.gpusMu.RUnlock()
+	return d.gpus
 }
 
 func (d *Driver) gpuByUUID(uuid string) (discovery.GPU, bool) {
@@ -342,8 +369,8 @@ func crashPoint(point string) {
 func (d *Driver) PreparedClaims() []metrics.ClaimQuota {
 	var out []metrics.ClaimQuota
 	for uid, c := range d.store.Claims() {
-		if c.State != checkpoint.PrepareCompleted {
-			continue
+		if c.State != checkpoint.PrepareCompleted || c.AdminAccess {
+			continue // admin access has no quota
 		}
 		q := metrics.ClaimQuota{Namespace: c.Namespace, Name: c.Name, UID: uid,
 			RegionPath: filepath.Join(d.claimDir(uid), filepath.Base(cdi.SharedRegionPath))}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -101,7 +102,7 @@ func TestPrepareGood(t *testing.T) {
 				}
 				wantGPU := "hami.io/vgpu=claim-" + string(tc.claim.UID) + "-gpu" + strconv.Itoa(tc.wantIndex[i])
 				uuid := testGPUs[gpuOfDevice(r.Device)].UUID
-				if !contains(d.CdiDeviceIds, wantGPU) || !contains(d.CdiDeviceIds, "nvidia.com/gpu="+uuid) || !contains(d.CdiDeviceIds, "hami.io/vgpu=claim-"+string(tc.claim.UID)) {
+				if !slices.Contains(d.CdiDeviceIds, wantGPU) || !slices.Contains(d.CdiDeviceIds, "nvidia.com/gpu="+uuid) || !slices.Contains(d.CdiDeviceIds, "hami.io/vgpu=claim-"+string(tc.claim.UID)) {
 					t.Errorf("device %d CDI IDs %v, want %s and the toolkit's", i, d.CdiDeviceIds, wantGPU)
 				}
 			}

@@ -176,13 +176,21 @@ func (e *env) prepare(t testing.TB, claims ...*resourceapi.ResourceClaim) map[st
 	return resp.Claims
 }
 
-func (e *env) unprepare(t testing.TB, claims ...*resourceapi.ResourceClaim) {
-	t.Helper()
+func (e *env) ctx() context.Context {
+	return klog.NewContext(context.Background(), klog.Background())
+}
+
+func unprepareRequest(claims ...*resourceapi.ResourceClaim) *drapb.NodeUnprepareResourcesRequest {
 	req := &drapb.NodeUnprepareResourcesRequest{}
 	for _, c := range claims {
 		req.Claims = append(req.Claims, claimRef(c))
 	}
-	resp, err := e.dra.NodeUnprepareResources(context.Background(), req)
+	return req
+}
+
+func (e *env) unprepare(t testing.TB, claims ...*resourceapi.ResourceClaim) {
+	t.Helper()
+	resp, err := e.dra.NodeUnprepareResources(context.Background(), unprepareRequest(claims...))
 	if err != nil {
 		t.Fatalf("NodeUnprepareResources: %v", err)
 	}

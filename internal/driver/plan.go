@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/dynamic-resource-allocation/resourceclaim"
 
 	"github.com/hami-dra/hami-dra/api"
 	"github.com/hami-dra/hami-dra/api/v1alpha1"
@@ -19,6 +20,10 @@ import (
 // plan turns an allocated claim into the checkpoint record that Prepare
 // writes. It has no side effects, so a bad claim fails before any file is
 // touched. Errors are meant for the user who wrote the claim.
+//
+// It works on one snapshot of the node's GPUs: a re-discovery while it runs
+// must not give one result a GPU and the next lookup of the same device
+// nothing.
 func (d *Driver) plan(claim *resourceapi.ResourceClaim) (checkpoint.Claim, error) {
 	rec := checkpoint.Claim{Namespace: claim.Namespace, Name: claim.Name, State: checkpoint.PrepareStarted}
 	alloc := claim.Status.Allocation
@@ -29,35 +34,50 @@ func (d *Driver) plan(claim *resourceapi.ResourceClaim) (checkpoint.Claim, error
 	if err != nil {
 		return rec, err
 	}
+	gpus := d.gpuSnapshot()
 
 	type share struct {
 		gpu         discovery.GPU
 		memoryBytes int64
 		cores       int64
 	}
+	type result struct {
+		r   resourceapi.DeviceRequestAllocationResult
+		gpu discovery.GPU
+	}
 	perGPU := map[string]*share{}
-	var results []resourceapi.DeviceRequestAllocationResult
+	var results []result
 	var effective *v1alpha1.VgpuConfig
-	var effectiveFrom string
+	var effectiveFrom, adminFrom, quotaFrom string
 	for _, r := range alloc.Devices.Results {
 		if r.Driver != d.cfg.DriverName {
 			continue
 		}
-		if r.AdminAccess != nil && *r.AdminAccess {
-			return rec, fmt.Errorf("request %q: admin access to %s is not supported by this driver", r.Request, r.Device)
+		admin := r.AdminAccess != nil && *r.AdminAccess
+		if admin {
+			adminFrom = r.Request
+		} else {
+			quotaFrom = r.Request
 		}
-		gpu, ok := d.gpuByDeviceName(r.Device)
+		if adminFrom != "" && quotaFrom != "" {
+			return rec, fmt.Errorf("requests %q (adminAccess) and %q (a quota) are in one claim; libvgpu limits a whole container, so a claim's requests must all use adminAccess or none", adminFrom, quotaFrom)
+		}
+		gpu, ok := gpus[r.Device]
 		if !ok {
 			return rec, fmt.Errorf("request %q: device %q (pool %q) does not exist on node %s; the ResourceSlice may be stale", r.Request, r.Device, r.Pool, d.cfg.NodeName)
 		}
 		if gpu.MIGEnabled {
 			return rec, fmt.Errorf("request %q: GPU %s has MIG enabled and cannot be shared", r.Request, gpu.UUID)
 		}
-		mem, cores, err := quotaOf(r, gpu)
-		if err != nil {
-			return rec, err
+		var mem, cores int64
+		if !admin {
+			// Admin access (monitoring) consumes no capacity and gets
+			// no quota, whatever the allocation says it consumed.
+			if mem, cores, err = quotaOf(r, gpu); err != nil {
+				return rec, err
+			}
 		}
-		cfg := mergeFor(configs, r.Request)
+		cfg := mergeFor(configs, r)
 		if effective == nil {
 			effective, effectiveFrom = &cfg, r.Request
 		} else if *cfg.ComputePolicy != *effective.ComputePolicy || *cfg.LogLevel != *effective.LogLevel {
@@ -73,11 +93,12 @@ func (d *Driver) plan(claim *resourceapi.ResourceClaim) (checkpoint.Claim, error
 		}
 		s.memoryBytes += mem
 		s.cores += cores
-		results = append(results, r)
+		results = append(results, result{r, gpu})
 	}
 	if len(results) == 0 {
 		return rec, fmt.Errorf("claim has no devices of driver %s", d.cfg.DriverName)
 	}
+	rec.AdminAccess = adminFrom != ""
 
 	// Quota index i is the GPU's position in PCI bus order: with
 	// CUDA_DEVICE_ORDER=PCI_BUS_ID and only these GPUs visible, it is the
@@ -114,11 +135,16 @@ func (d *Driver) plan(claim *resourceapi.ResourceClaim) (checkpoint.Claim, error
 		"LIBCUDA_LOG_LEVEL="+strconv.Itoa(*effective.LogLevel),
 	)
 	sort.Strings(env)
+	if rec.AdminAccess {
+		// Neither libvgpu nor its settings: the container sees the whole
+		// GPUs (see README "Admin access"); the ordering still holds.
+		env = []string{"CUDA_DEVICE_ORDER=PCI_BUS_ID"}
+	}
 	rec.Env = env
 
 	uid := string(claim.UID)
-	for _, r := range results {
-		gpu, _ := d.gpuByDeviceName(r.Device)
+	for _, res := range results {
+		r, gpu := res.r, res.gpu
 		ids := []string{
 			cdi.QualifiedName(cdi.ClaimDeviceName(uid)),
 			cdi.QualifiedName(cdi.GPUDeviceName(uid, index[gpu.UUID])),
@@ -167,13 +193,17 @@ func quotaOf(r resourceapi.DeviceRequestAllocationResult, gpu discovery.GPU) (me
 	return mem, c.Value(), nil
 }
 
+// sourcedConfig is one of our opaque configs, decoded, with where it came
+// from in the allocation.
 type sourcedConfig struct {
-	requests []string
-	cfg      *v1alpha1.VgpuConfig
+	raw resourceapi.DeviceAllocationConfiguration
+	cfg *v1alpha1.VgpuConfig
 }
 
 // opaqueConfigs decodes our configs in precedence order: class configs
 // first, then claim configs, each in the order given; later ones win.
+// Every config of this driver is decoded, also one that applies to no
+// result: a typo must not wait for the day a request uses it.
 func (d *Driver) opaqueConfigs(all []resourceapi.DeviceAllocationConfiguration) ([]sourcedConfig, error) {
 	var class, claim []sourcedConfig
 	for i, c := range all {
@@ -184,7 +214,7 @@ func (d *Driver) opaqueConfigs(all []resourceapi.DeviceAllocationConfiguration) 
 		if err != nil {
 			return nil, fmt.Errorf("config #%d (from %s): %w", i, strings.ToLower(string(c.Source)), err)
 		}
-		sc := sourcedConfig{requests: c.Requests, cfg: cfg}
+		sc := sourcedConfig{raw: c, cfg: cfg}
 		if c.Source == resourceapi.AllocationConfigSourceClass {
 			class = append(class, sc)
 		} else {
@@ -194,25 +224,17 @@ func (d *Driver) opaqueConfigs(all []resourceapi.DeviceAllocationConfiguration) 
 	return append(class, claim...), nil
 }
 
-// mergeFor returns the defaulted config that applies to one request.
-func mergeFor(configs []sourcedConfig, request string) v1alpha1.VgpuConfig {
-	base, _, _ := strings.Cut(request, "/") // configs may name the parent of a subrequest
+// mergeFor returns the defaulted config that applies to one result. Which
+// configs apply (all requests, the request, or its parent request for a
+// subrequest) is the DRA library's rule, resourceclaim.ConfigForResult.
+func mergeFor(configs []sourcedConfig, r resourceapi.DeviceRequestAllocationResult) v1alpha1.VgpuConfig {
 	var out v1alpha1.VgpuConfig
 	for _, c := range configs {
-		if len(c.requests) > 0 && !contains(c.requests, request) && !contains(c.requests, base) {
+		if len(resourceclaim.ConfigForResult([]resourceapi.DeviceAllocationConfiguration{c.raw}, r)) == 0 {
 			continue
 		}
 		out = out.Merge(c.cfg)
 	}
 	out.Default()
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

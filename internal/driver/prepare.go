@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 	"sync"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -14,7 +12,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hami-dra/hami-dra/cdi"
-	"github.com/hami-dra/hami-dra/internal/atomicfile"
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 )
 
@@ -127,8 +124,15 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 		switch rec.State {
 		case checkpoint.PrepareCompleted:
 			// Idempotent: same devices; rebuild what vanished (CDI specs
-			// live on tmpfs and are gone after a reboot).
-			if err := d.ensureFiles(ctx, uid, rec, false); err != nil {
+			// live on tmpfs and are gone after a reboot), follow GPUs
+			// that were renumbered, fail if one is gone, and rewrite the
+			// reservation files an earlier failed attempt may have left
+			// behind.
+			rec, err := d.refreshClaim(ctx, uid, rec, false)
+			if err != nil {
+				return nil, err
+			}
+			if err := d.writeReservations(); err != nil {
 				return nil, err
 			}
 			return devicesOf(rec), nil
@@ -173,7 +177,7 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 	}
 	crashPoint(cpPrepareCompleted)
 
-	if err := d.writeReservations(gpuUUIDs(rec)); err != nil {
+	if err := d.writeReservations(); err != nil {
 		return nil, err
 	}
 	crashPoint(cpPrepareReserved)
@@ -246,6 +250,7 @@ func (d *Driver) claimSpec(uid string, rec checkpoint.Claim) cdi.ClaimSpec {
 		ClaimUID: uid, Env: rec.Env, DevRoot: d.cfg.DevRoot,
 		LibvgpuHostPath: d.cfg.LibvgpuHostPath, PreloadHostPath: d.preloadPath(),
 		ClaimHostDir: d.claimDir(uid), GPUStateHostDir: d.gpuStateDir(),
+		AdminAccess: rec.AdminAccess,
 	}
 	for _, g := range rec.GPUs {
 		s.GPUs = append(s.GPUs, cdi.GPU{UUID: g.UUID, Minor: g.Minor})
@@ -259,11 +264,15 @@ func (d *Driver) unprepareClaim(ctx context.Context, uid string) error {
 	defer unlock()
 	rec, ok := d.store.Get(uid)
 	if !ok {
-		// Nothing recorded; remove strays a lost checkpoint may have left.
+		// Nothing recorded; remove strays a lost checkpoint may have left
+		// and the sums an earlier unprepare failed to write.
 		if err := cdi.Remove(d.cfg.CDIRoot, uid); err != nil {
 			return err
 		}
-		return os.RemoveAll(d.claimDir(uid))
+		if err := os.RemoveAll(d.claimDir(uid)); err != nil {
+			return fmt.Errorf("remove claim directory: %w", err)
+		}
+		return d.writeReservations()
 	}
 	return d.removeClaim(ctx, uid, rec)
 }
@@ -289,48 +298,10 @@ func (d *Driver) removeClaim(ctx context.Context, uid string, rec checkpoint.Cla
 		return err
 	}
 	crashPoint(cpUnprepareDeleted)
-	if err := d.writeReservations(gpuUUIDs(rec)); err != nil {
+	if err := d.writeReservations(); err != nil {
 		return err
 	}
 	crashPoint(cpUnprepareReserved)
 	klog.FromContext(ctx).V(2).Info("Unprepared")
-	return nil
-}
-
-func gpuUUIDs(rec checkpoint.Claim) []string {
-	out := make([]string, 0, len(rec.GPUs))
-	for _, g := range rec.GPUs {
-		out = append(out, g.UUID)
-	}
-	return out
-}
-
-// reservedCores sums the cores of completed claims per GPU.
-func (d *Driver) reservedCores() map[string]int64 {
-	sum := map[string]int64{}
-	for _, c := range d.store.Claims() {
-		if c.State != checkpoint.PrepareCompleted {
-			continue
-		}
-		for _, g := range c.GPUs {
-			sum[g.UUID] += g.Cores
-		}
-	}
-	return sum
-}
-
-// writeReservations rewrites the per-GPU files of CONTRACT.md from the
-// checkpoint. They are derived data (recomputed at every start), so they
-// are replaced atomically but not fsynced.
-func (d *Driver) writeReservations(uuids []string) error {
-	d.resMu.Lock()
-	defer d.resMu.Unlock()
-	sum := d.reservedCores()
-	for _, u := range uuids {
-		data := []byte("version=1\nreserved=" + strconv.FormatInt(sum[u], 10) + "\n")
-		if err := atomicfile.WriteFile(filepath.Join(d.gpuStateDir(), u), data, 0o644, false); err != nil {
-			return fmt.Errorf("write reservation of %s: %w", u, err)
-		}
-	}
 	return nil
 }

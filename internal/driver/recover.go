@@ -2,9 +2,9 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"k8s.io/klog/v2"
 
@@ -15,20 +15,22 @@ import (
 
 // recover makes the files agree with the checkpoint before the plugin
 // serves: interrupted prepares are rolled back, interrupted unprepares are
-// completed, completed claims get their CDI spec and directory back, and
-// files no record owns are removed. After a reboot (new boot ID) the
-// claims' accounting regions are emptied: the processes they counted are
-// gone.
+// completed, completed claims get their CDI spec and directory back with
+// their GPUs re-resolved by UUID (refreshClaim), and files no record owns
+// are removed. After a reboot (new boot ID) the claims' accounting regions
+// are emptied (the processes they counted are gone) and every spec is
+// rewritten: minor numbers are assigned anew at boot.
 func (d *Driver) recover(ctx context.Context, rebooted bool) error {
 	logger := klog.FromContext(ctx)
 	for _, dir := range []string{d.cfg.CDIRoot, d.cfg.StateDir, d.gpuStateDir()} {
-		removeTempFiles(dir)
+		if err := atomicfile.RemoveTempFiles(dir); err != nil {
+			return fmt.Errorf("remove temp files: %w", err)
+		}
 	}
 	if err := d.writePreload(); err != nil {
 		return err
 	}
-	claims := d.store.Claims()
-	for uid, rec := range claims {
+	for uid, rec := range d.store.Claims() {
 		switch rec.State {
 		case checkpoint.PrepareCompleted:
 			if rebooted {
@@ -36,8 +38,14 @@ func (d *Driver) recover(ctx context.Context, rebooted bool) error {
 					return fmt.Errorf("reset claim directory after reboot: %w", err)
 				}
 			}
-			if err := d.ensureFiles(ctx, uid, rec, false); err != nil {
-				return err
+			if _, err := d.refreshClaim(ctx, uid, rec, rebooted); err != nil {
+				var gone *gpuGoneError
+				if !errors.As(err, &gone) {
+					return err
+				}
+				// Kept: the kubelet unprepares it when its pod ends;
+				// preparing it again fails with this error.
+				logger.Error(err, "Prepared claim cannot be used", "claim", klog.KRef(rec.Namespace, rec.Name), "uid", uid)
 			}
 		default:
 			logger.Info("Finishing interrupted operation", "uid", uid, "state", rec.State)
@@ -46,45 +54,11 @@ func (d *Driver) recover(ctx context.Context, rebooted bool) error {
 			}
 		}
 	}
-	// Orphans: a claim's files without a record.
-	if entries, err := os.ReadDir(d.cfg.CDIRoot); err == nil {
-		for _, e := range entries {
-			if uid, ok := cdi.ClaimUIDFromFile(e.Name()); ok {
-				if _, known := d.store.Get(uid); !known {
-					logger.Info("Removing orphaned CDI spec", "file", e.Name())
-					_ = cdi.Remove(d.cfg.CDIRoot, uid)
-				}
-			}
-		}
-	}
-	if entries, err := os.ReadDir(d.claimsDir()); err == nil {
-		for _, e := range entries {
-			if _, known := d.store.Get(e.Name()); !known {
-				logger.Info("Removing orphaned claim directory", "uid", e.Name())
-				_ = os.RemoveAll(filepath.Join(d.claimsDir(), e.Name()))
-			}
-		}
-	}
+	d.sweepOrphans(ctx)
 	if err := d.store.Sync(); err != nil { // records the current boot ID
 		return err
 	}
-	// Reservation files of every GPU we know or that a claim names.
-	uuids := map[string]bool{}
-	d.gpusMu.RLock()
-	for _, g := range d.gpus {
-		uuids[g.UUID] = true
-	}
-	d.gpusMu.RUnlock()
-	if entries, err := os.ReadDir(d.gpuStateDir()); err == nil {
-		for _, e := range entries {
-			uuids[e.Name()] = true
-		}
-	}
-	list := make([]string, 0, len(uuids))
-	for u := range uuids {
-		list = append(list, u)
-	}
-	return d.writeReservations(list)
+	return d.writeReservations()
 }
 
 // writePreload writes the read-only /etc/ld.so.preload that every claim
@@ -99,16 +73,4 @@ func (d *Driver) writePreload() error {
 		return fmt.Errorf("write ld.so.preload: %w", err)
 	}
 	return nil
-}
-
-func removeTempFiles(dir string) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if atomicfile.IsTempFile(e.Name()) {
-			_ = os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
 }

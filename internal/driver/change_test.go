@@ -1,0 +1,294 @@
+package driver
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/hami-dra/hami-dra/internal/discovery"
+)
+
+// specGPUNodes returns the host paths of the per-GPU device nodes in the
+// claim's CDI spec, in quota-index order; nil when there is no spec.
+func (e *env) specGPUNodes(t testing.TB, uid string) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.cfg.CDIRoot, "hami.io-vgpu_"+uid+".json"))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec struct {
+		Devices []struct {
+			Name           string
+			ContainerEdits struct {
+				DeviceNodes []struct{ Path, HostPath string }
+			}
+		}
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, d := range spec.Devices {
+		if !strings.Contains(d.Name, "-gpu") {
+			continue
+		}
+		for _, n := range d.ContainerEdits.DeviceNodes {
+			out = append(out, n.HostPath)
+		}
+	}
+	return out
+}
+
+func (e *env) devPath(minor string) string { return filepath.Join(e.root, "dev", "nvidia"+minor) }
+
+// renumbered is the node after GPU a was removed: the kernel driver gives
+// b minor 0 and c minor 1 (minors are assigned at load time).
+func renumbered() []discovery.GPU {
+	b, c := testGPUs[1], testGPUs[2]
+	b.Minor, c.Minor = 0, 1
+	b.Index, c.Index = 0, 1
+	return []discovery.GPU{b, c}
+}
+
+// TestRebootWithRenumberedGPUs: after a reboot in which GPU a was removed,
+// the claim on b must get b's new device node (not a's old one, which is b
+// now), and the claim on a must fail clearly
+// and never get another GPU.
+func TestRebootWithRenumberedGPUs(t *testing.T) {
+	onA := newClaim("on-a", []share{{"gpu", 0, "1Gi", "10"}})
+	onB := newClaim("on-b", []share{{"gpu", 1, "1Gi", "20"}})
+	for _, reboot := range []bool{true, false} {
+		name := "reboot"
+		if !reboot {
+			name = "restart, specs still there"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, onA, onB)
+			for _, r := range e.prepare(t, onA, onB) {
+				if r.Error != "" {
+					t.Fatal(r.Error)
+				}
+			}
+			if got := e.specGPUNodes(t, "uid-on-b"); !slices.Equal(got, []string{e.devPath("1")}) {
+				t.Fatalf("before: claim on b uses %v", got)
+			}
+			e.stop()
+			if reboot {
+				os.RemoveAll(e.cfg.CDIRoot)
+				mustWrite(t, e.cfg.BootIDPath, "boot-2\n")
+			}
+			gpus := renumbered()
+			drv, err := startWith(e, gpus)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer drv.Stop()
+			if got := e.specGPUNodes(t, "uid-on-b"); !slices.Equal(got, []string{e.devPath("0")}) {
+				t.Errorf("claim on b uses %v after the renumbering, want b's new node %s", got, e.devPath("0"))
+			}
+			if got := e.specGPUNodes(t, "uid-on-a"); got != nil {
+				t.Errorf("claim on the removed GPU a still has a spec with %v", got)
+			}
+			res, _ := drv.PrepareResourceClaims(e.ctx(), []*resourceapi.ResourceClaim{onA, onB})
+			if err := res[onA.UID].Err; err == nil || !strings.Contains(err.Error(), testGPUs[0].UUID+" of this claim is no longer on node node-a") {
+				t.Errorf("prepare of the claim on the removed GPU: %v", err)
+			}
+			if err := res[onB.UID].Err; err != nil {
+				t.Errorf("prepare of the claim on b: %v", err)
+			}
+			if got := e.specGPUNodes(t, "uid-on-a"); got != nil {
+				t.Errorf("claim on the removed GPU got a spec again: %v", got)
+			}
+			if rec, _ := drv.store.Get("uid-on-b"); rec.GPUs[0].Minor != 0 {
+				t.Errorf("checkpoint keeps minor %d for b", rec.GPUs[0].Minor)
+			}
+		})
+	}
+}
+
+// startWith starts a driver on e's node with other GPUs (no gRPC client).
+func startWith(e *env, gpus []discovery.GPU) (*Driver, error) {
+	return Start(e.ctx(), e.cfg, gpus)
+}
+
+// TestGPUChangesWhileClaimsPrepared: a GPU falls off the bus (or is
+// replaced by a board with a new UUID) while claims are prepared; the
+// re-discovery alone, without a restart, takes away the lost GPU's spec,
+// renumbers the others, sweeps orphaned specs and rewrites reservations.
+func TestGPUChangesWhileClaimsPrepared(t *testing.T) {
+	onA := newClaim("on-a", []share{{"gpu", 0, "1Gi", "10"}})
+	onC := newClaim("on-c", []share{{"gpu", 2, "1Gi", "30"}})
+	e := newEnv(t, onA, onC)
+	for _, r := range e.prepare(t, onA, onC) {
+		if r.Error != "" {
+			t.Fatal(r.Error)
+		}
+	}
+	mustWrite(t, filepath.Join(e.cfg.CDIRoot, "hami.io-vgpu_uid-orphan.json"), "{}")
+	replacement := discovery.GPU{UUID: "GPU-dddddddd-0000-0000-0000-000000000000", Minor: 2, MemoryBytes: uint64(16 * gib), PCIBusID: "0000:c1:00.0", NUMANode: -1}
+	gpus := append(renumbered(), replacement)
+	e.drv.UpdateGPUs(gpus)
+
+	if got := e.specGPUNodes(t, "uid-on-a"); got != nil {
+		t.Errorf("claim on the lost GPU a keeps a spec with %v", got)
+	}
+	if got := e.specGPUNodes(t, "uid-on-c"); !slices.Equal(got, []string{e.devPath("1")}) {
+		t.Errorf("claim on c uses %v, want c's new node %s", got, e.devPath("1"))
+	}
+	if _, err := os.Stat(filepath.Join(e.cfg.CDIRoot, "hami.io-vgpu_uid-orphan.json")); err == nil {
+		t.Error("orphaned spec survived the re-discovery")
+	}
+	if data, err := os.ReadFile(filepath.Join(e.cfg.StateDir, "gpus", replacement.UUID)); err != nil || !strings.Contains(string(data), "reserved=0\n") {
+		t.Errorf("reservation file of the new board: %q %v", data, err)
+	}
+	if r := e.reserved(t, 2); r != "30" {
+		t.Errorf("GPU c reserved=%s, want 30", r)
+	}
+	if r := e.prepare(t, onA)[string(onA.UID)]; !strings.Contains(r.Error, "no longer on node") {
+		t.Errorf("prepare on the lost GPU: %q", r.Error)
+	}
+	// The lost GPU comes back (it answered NVML again): so does its spec.
+	e.drv.UpdateGPUs(testGPUs)
+	if got := e.specGPUNodes(t, "uid-on-a"); !slices.Equal(got, []string{e.devPath("0")}) {
+		t.Errorf("claim on a after its GPU came back: %v", got)
+	}
+	e.unprepare(t, onA, onC)
+	assertClean(t, e)
+}
+
+// blockReservation makes the next write of GPU i's reservation file fail:
+// a non-empty directory cannot be renamed over.
+func (e *env) blockReservation(t *testing.T, i int) func() {
+	p := filepath.Join(e.cfg.StateDir, "gpus", testGPUs[i].UUID)
+	os.Remove(p)
+	if err := os.MkdirAll(filepath.Join(p, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return func() { os.RemoveAll(p) }
+}
+
+// TestReservationsFollowCheckpointAfterFailures: a prepare (or unprepare)
+// that fails after the checkpoint was written leaves the reservation file
+// behind; the kubelet's retry takes the idempotent path and must fix it.
+func TestReservationsFollowCheckpointAfterFailures(t *testing.T) {
+	c := newClaim("res", []share{{"gpu", 0, "1Gi", "40"}})
+	e := newEnv(t, c)
+	unblock := e.blockReservation(t, 0)
+	if r := e.prepare(t, c)[string(c.UID)]; !strings.Contains(r.Error, "write reservation") {
+		t.Fatalf("prepare with a blocked reservation file: %q", r.Error)
+	}
+	unblock()
+	if r := e.prepare(t, c)[string(c.UID)]; r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if r := e.reserved(t, 0); r != "40" {
+		t.Fatalf("after the retried prepare reserved=%s, want 40: best-effort tenants would take the reserved share", r)
+	}
+	unblock = e.blockReservation(t, 0)
+	resp, err := e.dra.NodeUnprepareResources(e.ctx(), unprepareRequest(c))
+	if err != nil || !strings.Contains(resp.Claims[string(c.UID)].Error, "write reservation") {
+		t.Fatalf("unprepare with a blocked reservation file: %v %v", resp, err)
+	}
+	unblock()
+	e.unprepare(t, c)
+	if r := e.reserved(t, 0); r != "0" {
+		t.Fatalf("after the retried unprepare reserved=%s, want 0", r)
+	}
+	assertClean(t, e)
+}
+
+// TestPlanUsesOneSnapshotOfGPUs: re-discoveries racing with plan must
+// never produce a record or CDI ID without the GPU's UUID.
+func TestPlanUsesOneSnapshotOfGPUs(t *testing.T) {
+	c := newClaim("race", []share{{"a", 0, "1Gi", "10"}, {"b", 1, "1Gi", "10"}, {"c", 2, "1Gi", "10"}})
+	e := newEnv(t)
+	e.drv.cfg.ComposeNvidiaCDI = true // the toolkit's device ID names the GPU's UUID
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			e.drv.setGPUs(testGPUs)
+			e.drv.setGPUs(nil)
+		}
+	}()
+	defer func() { stop.Store(true); wg.Wait() }()
+	planned := 0
+	for i := 0; i < 20000; i++ {
+		rec, err := e.drv.plan(c)
+		if err != nil {
+			continue // the GPUs were gone at the first lookup: a clean failure
+		}
+		planned++
+		for _, ids := range rec.CDIDeviceIDs {
+			for _, id := range ids {
+				if strings.HasSuffix(id, "=") {
+					t.Fatalf("CDI ID %q without a GPU", id)
+				}
+			}
+		}
+		for _, g := range rec.GPUs {
+			if g.UUID == "" {
+				t.Fatalf("record with an empty UUID: %+v", rec.GPUs)
+			}
+		}
+	}
+	t.Logf("%d of 20000 plans succeeded", planned)
+}
+
+// TestAdminAccess: a monitoring claim with adminAccess gets the GPU even
+// when it is fully taken, with no quota and no libvgpu, and consumes
+// nothing.
+func TestAdminAccess(t *testing.T) {
+	whole := newClaim("whole", []share{{"gpu", 1, "16Gi", "100"}})
+	admin := newClaim("monitor", []share{{"gpu", 1, "", ""}})
+	admin.Status.Allocation.Devices.Results[0].AdminAccess = ptr.To(true)
+	mixed := newClaim("mixed", []share{{"a", 0, "1Gi", "10"}, {"b", 1, "", ""}})
+	mixed.Status.Allocation.Devices.Results[1].AdminAccess = ptr.To(true)
+	e := newEnv(t, whole, admin, mixed)
+	if r := e.prepare(t, whole)[string(whole.UID)]; r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	res := e.prepare(t, admin, mixed)
+	if r := res[string(admin.UID)]; r.Error != "" {
+		t.Fatalf("admin access claim: %s", r.Error)
+	}
+	if r := res[string(mixed.UID)]; !strings.Contains(r.Error, "must all use adminAccess or none") {
+		t.Errorf("mixed claim: %q", r.Error)
+	}
+	env := e.specEnv(t, string(admin.UID))
+	for k := range env {
+		if strings.HasPrefix(k, "CUDA_DEVICE_MEMORY_LIMIT") || strings.HasPrefix(k, "CUDA_DEVICE_SM_LIMIT") || k == "VGPU_DEVICE_UUIDS" {
+			t.Errorf("admin access spec sets %s", k)
+		}
+	}
+	data, _ := os.ReadFile(filepath.Join(e.cfg.CDIRoot, "hami.io-vgpu_"+string(admin.UID)+".json"))
+	if strings.Contains(string(data), "libvgpu") || strings.Contains(string(data), "ld.so.preload") {
+		t.Errorf("admin access spec injects libvgpu: %s", data)
+	}
+	if got := e.specGPUNodes(t, string(admin.UID)); !slices.Equal(got, []string{e.devPath("1")}) {
+		t.Errorf("admin access spec nodes %v", got)
+	}
+	if r := e.reserved(t, 1); r != "100" {
+		t.Errorf("reserved=%s, want 100 (admin access reserves nothing)", r)
+	}
+	for _, q := range e.drv.PreparedClaims() {
+		if q.UID == string(admin.UID) {
+			t.Errorf("admin access claim reported with a quota: %+v", q)
+		}
+	}
+	e.unprepare(t, whole, admin)
+	assertClean(t, e)
+}
