@@ -19,9 +19,10 @@ GO_PKGS := ./...
 
 all: build
 
-## build: the plugin binary and libvgpu.so
+## build: the plugin binary, the HAMi webhook and libvgpu.so
 build: vgpu-core
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vgpu-kubelet-plugin ./cmd/vgpu-kubelet-plugin
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/hami-webhook ./cmd/hami-webhook
 
 ## vgpu-core: libvgpu.so, the fake CUDA/NVML drivers and the C tests' programs
 vgpu-core:
