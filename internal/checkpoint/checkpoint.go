@@ -3,28 +3,37 @@
 // interrupted and can unprepare claims the kubelet no longer knows.
 //
 // Format: one JSON file, written atomically (temp file, fsync, rename,
-// fsync of the directory). It carries Version (the writer's format) and
-// MinReaderVersion (the oldest reader that interprets it correctly).
-// Readers decode leniently (unknown fields are ignored), so a newer plugin
-// reads an older file and an older plugin reads a newer one as long as
-// MinReaderVersion allows it; a writer bumps MinReaderVersion only when a
-// change would make older readers act wrongly.
+// fsync of the directory). It carries Version (the writer's format),
+// MinReaderVersion (the oldest reader that interprets it correctly) and,
+// from version 2, a checksum over the claims. Readers decode leniently and
+// keep fields they do not know (of the file, a claim or a claim's GPU) and
+// write them back unchanged, so a newer plugin reads an older file and an
+// older plugin reads a newer one, without losing what the newer one
+// recorded, as long as MinReaderVersion allows it; a writer bumps
+// MinReaderVersion only when a change would make older readers act wrongly,
+// and an older reader then refuses the file with ErrTooNew. A file that
+// does not parse, is truncated or fails its checksum is ErrCorrupt.
 package checkpoint
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hami-dra/hami-dra/internal/atomicfile"
 )
 
 const (
-	// Version is the format this code writes.
-	Version = 1
+	// Version is the format this code writes. 2: checksum.
+	Version = 2
 	// MinReaderVersion is the oldest reader that understands Version.
 	MinReaderVersion = 1
 )
@@ -56,6 +65,22 @@ type GPUQuota struct {
 	Minor       int    `json:"minor"`
 	MemoryBytes int64  `json:"memoryBytes"`
 	Cores       int64  `json:"cores"`
+	// Unknown holds fields of a newer writer, written back unchanged.
+	Unknown map[string]json.RawMessage `json:"-"`
+}
+
+// UnmarshalJSON keeps unknown fields.
+func (g *GPUQuota) UnmarshalJSON(data []byte) error {
+	type plain GPUQuota
+	unknown, err := unmarshalKeeping(data, (*plain)(g))
+	g.Unknown = unknown
+	return err
+}
+
+// MarshalJSON writes unknown fields back.
+func (g GPUQuota) MarshalJSON() ([]byte, error) {
+	type plain GPUQuota
+	return marshalKeeping(plain(g), g.Unknown)
 }
 
 // Claim is the record of one claim.
@@ -73,36 +98,102 @@ type Claim struct {
 	// AdminAccess: the claim's GPUs were allocated with adminAccess; they
 	// carry no quota and its spec injects no libvgpu.
 	AdminAccess bool `json:"adminAccess,omitempty"`
+	// Unknown holds fields of a newer writer, written back unchanged.
+	Unknown map[string]json.RawMessage `json:"-"`
 }
 
-// File is the on-disk document.
+// UnmarshalJSON keeps unknown fields.
+func (c *Claim) UnmarshalJSON(data []byte) error {
+	type plain Claim
+	unknown, err := unmarshalKeeping(data, (*plain)(c))
+	c.Unknown = unknown
+	return err
+}
+
+// MarshalJSON writes unknown fields back.
+func (c Claim) MarshalJSON() ([]byte, error) {
+	type plain Claim
+	return marshalKeeping(plain(c), c.Unknown)
+}
+
+// File is the checkpoint's content.
 type File struct {
-	Version          int              `json:"version"`
-	MinReaderVersion int              `json:"minReaderVersion"`
-	BootID           string           `json:"bootID"`
-	Claims           map[string]Claim `json:"claims"`
+	Version          int
+	MinReaderVersion int
+	BootID           string
+	Claims           map[string]Claim
+	// Unknown holds top-level fields of a newer writer.
+	Unknown map[string]json.RawMessage
 }
 
-// ErrTooNew says the checkpoint was written by a plugin whose format this
-// one cannot interpret safely.
-var ErrTooNew = errors.New("checkpoint format too new")
+// onDisk is the document. Claims stays raw: the checksum covers its bytes
+// exactly as they are in the file, whoever wrote them.
+type onDisk struct {
+	Version          int             `json:"version"`
+	MinReaderVersion int             `json:"minReaderVersion"`
+	BootID           string          `json:"bootID"`
+	Claims           json.RawMessage `json:"claims"`
+	Checksum         string          `json:"checksum,omitempty"`
+}
+
+var (
+	// ErrTooNew says the checkpoint was written by a plugin whose format
+	// this one cannot interpret safely (a downgrade too far).
+	ErrTooNew = errors.New("checkpoint format too new")
+	// ErrCorrupt says the checkpoint cannot be trusted: it does not parse,
+	// is truncated, or its checksum does not match.
+	ErrCorrupt = errors.New("checkpoint corrupt")
+)
+
+// checksum covers the header and the claims' bytes as written.
+func checksum(version, minReader int, bootID string, claims []byte) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d %d %q\n", version, minReader, bootID)
+	h.Write(claims)
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
 
 // Decode reads a checkpoint of any version this code can interpret.
 func Decode(data []byte) (*File, error) {
-	var f File
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("decode checkpoint: %w", err)
+	var d onDisk
+	unknown, err := unmarshalKeeping(data, &d)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	if f.Version < 1 {
-		return nil, fmt.Errorf("decode checkpoint: missing or invalid version %d", f.Version)
+	if d.Version < 1 {
+		return nil, fmt.Errorf("%w: missing or invalid version %d", ErrCorrupt, d.Version)
 	}
-	if f.MinReaderVersion > Version {
-		return nil, fmt.Errorf("%w: needs a reader of version %d, this is %d", ErrTooNew, f.MinReaderVersion, Version)
+	if d.MinReaderVersion > Version {
+		return nil, fmt.Errorf("%w: it was written by a newer plugin and needs a reader of version %d, this plugin reads up to %d; upgrade the plugin again, or remove the checkpoint after unpreparing every claim on the node", ErrTooNew, d.MinReaderVersion, Version)
+	}
+	// Version 1 had no checksum; from 2 on it is required.
+	if d.Version >= 2 || d.Checksum != "" {
+		if want := checksum(d.Version, d.MinReaderVersion, d.BootID, d.Claims); d.Checksum != want {
+			return nil, fmt.Errorf("%w: checksum %q does not match the content (%s)", ErrCorrupt, d.Checksum, want)
+		}
+	}
+	f := &File{Version: d.Version, MinReaderVersion: d.MinReaderVersion, BootID: d.BootID, Unknown: unknown}
+	if len(d.Claims) > 0 && string(d.Claims) != "null" {
+		if err := json.Unmarshal(d.Claims, &f.Claims); err != nil {
+			return nil, fmt.Errorf("%w: claims: %w", ErrCorrupt, err)
+		}
 	}
 	if f.Claims == nil {
 		f.Claims = map[string]Claim{}
 	}
-	return &f, nil
+	return f, nil
+}
+
+// Encode writes f in the current format, with its checksum. Unknown
+// fields are kept; the version fields are this writer's.
+func Encode(f *File) ([]byte, error) {
+	claims, err := json.Marshal(f.Claims)
+	if err != nil {
+		return nil, err
+	}
+	d := onDisk{Version: Version, MinReaderVersion: MinReaderVersion, BootID: f.BootID, Claims: claims}
+	d.Checksum = checksum(d.Version, d.MinReaderVersion, d.BootID, claims)
+	return marshalKeeping(d, f.Unknown)
 }
 
 // Store is the in-memory checkpoint with group-committed writes: many
@@ -136,7 +227,22 @@ func Open(path, bootID string) (*Store, string, error) {
 	}
 	prev := f.BootID
 	s.file.Claims = f.Claims
+	s.file.Unknown = f.Unknown
 	return s, prev, nil
+}
+
+// MoveAside renames a checkpoint that cannot be used (ErrCorrupt) to
+// <path>.corrupt-<unix time>, keeping it for inspection, and returns the
+// new name. The next Open starts empty.
+func MoveAside(path string, now time.Time) (string, error) {
+	aside := fmt.Sprintf("%s.corrupt-%d", path, now.Unix())
+	if err := os.Rename(path, aside); err != nil {
+		return "", fmt.Errorf("move corrupt checkpoint aside: %w", err)
+	}
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
+		return "", fmt.Errorf("move corrupt checkpoint aside: %w", err)
+	}
+	return aside, nil
 }
 
 // Reload replaces the in-memory claims with the file's. It is used when
@@ -156,6 +262,7 @@ func (s *Store) Reload() error {
 	}
 	s.mu.Lock()
 	s.file.Claims = f.Claims
+	s.file.Unknown = f.Unknown
 	s.gen++
 	s.mu.Unlock()
 	return nil
@@ -209,7 +316,7 @@ func (s *Store) Sync() error {
 	}
 	s.mu.Lock()
 	gen := s.gen
-	data, err := json.MarshalIndent(&s.file, "", "  ")
+	data, err := Encode(&s.file)
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
@@ -228,4 +335,61 @@ func ReadBootID(path string) (string, error) {
 		return "", fmt.Errorf("read boot ID: %w", err)
 	}
 	return strings.TrimSpace(string(data)), nil
+}
+
+// unmarshalKeeping decodes data into v (a pointer to a struct without its
+// own UnmarshalJSON) and returns the object's fields that v does not
+// declare.
+func unmarshalKeeping(data []byte, v any) (map[string]json.RawMessage, error) {
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(data, &all); err != nil {
+		return nil, err
+	}
+	for _, k := range jsonKeys(reflect.TypeOf(v).Elem()) {
+		delete(all, k)
+	}
+	if len(all) == 0 {
+		return nil, nil
+	}
+	return all, nil
+}
+
+// marshalKeeping encodes v (a struct without its own MarshalJSON) and adds
+// the unknown fields that v does not set itself.
+func marshalKeeping(v any, unknown map[string]json.RawMessage) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil || len(unknown) == 0 {
+		return data, err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(data, &all); err != nil {
+		return nil, err
+	}
+	for k, raw := range unknown {
+		if _, set := all[k]; !set {
+			all[k] = raw
+		}
+	}
+	return json.Marshal(all)
+}
+
+// jsonKeys lists the JSON names a struct type declares, including those of
+// fields left out when empty.
+func jsonKeys(t reflect.Type) []string {
+	var keys []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = f.Name
+		}
+		keys = append(keys, name)
+	}
+	return keys
 }

@@ -2,6 +2,8 @@ package driver
 
 import (
 	"encoding/json"
+	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,8 +13,13 @@ import (
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
+	"github.com/hami-dra/hami-dra/cdi"
+	"github.com/hami-dra/hami-dra/internal/checkpoint"
 	"github.com/hami-dra/hami-dra/internal/discovery"
 )
 
@@ -290,5 +297,65 @@ func TestAdminAccess(t *testing.T) {
 		}
 	}
 	e.unprepare(t, whole, admin)
+	assertClean(t, e)
+}
+
+// TestDamagedCheckpointIsRebuilt: a truncated checkpoint does not make the
+// plugin crash-loop: it is moved aside and rebuilt from the specs and
+// claim directories on disk and the API server; claims deleted meanwhile
+// are cleaned up. Without the API server the plugin refuses to start and
+// leaves the file alone.
+func TestDamagedCheckpointIsRebuilt(t *testing.T) {
+	kept := newClaim("kept", []share{{"gpu", 0, "2Gi", "25"}})
+	gone := newClaim("gone", []share{{"gpu", 1, "1Gi", "10"}})
+	e := newEnv(t, kept, gone)
+	for _, r := range e.prepare(t, kept, gone) {
+		if r.Error != "" {
+			t.Fatal(r.Error)
+		}
+	}
+	wantEnv := e.specEnv(t, string(kept.UID))
+	e.stop()
+	path := filepath.Join(e.cfg.StateDir, "checkpoint.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data[:len(data)/3], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client.ResourceV1().ResourceClaims("default").Delete(e.ctx(), "gone", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The API server is down: refuse, clearly, and keep the file.
+	e.client.PrependReactor("list", "resourceclaims", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New("connection refused")
+	})
+	if _, err := Start(e.ctx(), e.cfg, testGPUs); err == nil || !strings.Contains(err.Error(), "needs the API server") || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("start without the API server: %v", err)
+	}
+	if got, _ := os.ReadFile(path); len(got) != len(data)/3 {
+		t.Fatal("the damaged checkpoint was changed although it could not be rebuilt")
+	}
+	e.client.ReactionChain = e.client.ReactionChain[1:]
+
+	e.start(t)
+	if rec, ok := e.drv.store.Get(string(kept.UID)); !ok || rec.State != checkpoint.PrepareCompleted {
+		t.Fatalf("claim not restored: %+v %v", rec, ok)
+	}
+	if got := e.specEnv(t, string(kept.UID)); !maps.Equal(got, wantEnv) {
+		t.Errorf("restored spec env %v, want %v", got, wantEnv)
+	}
+	if _, ok := e.drv.store.Get(string(gone.UID)); ok || cdi.Exists(e.cfg.CDIRoot, string(gone.UID)) {
+		t.Error("deleted claim restored or its spec kept")
+	}
+	if r0, r1 := e.reserved(t, 0), e.reserved(t, 1); r0 != "25" || r1 != "0" {
+		t.Errorf("reserved %s/%s, want 25/0", r0, r1)
+	}
+	if aside, _ := filepath.Glob(path + ".corrupt-*"); len(aside) != 1 {
+		t.Errorf("damaged checkpoint not kept aside: %v", aside)
+	}
+	e.unprepare(t, kept)
 	assertClean(t, e)
 }

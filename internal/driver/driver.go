@@ -6,6 +6,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	draclient "k8s.io/dynamic-resource-allocation/client"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
@@ -108,6 +110,10 @@ type Driver struct {
 	cfg    Config
 	helper *kubeletplugin.Helper
 	store  *checkpoint.Store
+	// claimClient reads ResourceClaims through the DRA library's client,
+	// which falls back to the older resource.k8s.io versions a cluster
+	// may serve.
+	claimClient *draclient.Client
 
 	gpusMu sync.RWMutex
 	gpus   map[string]discovery.GPU // by device name
@@ -157,11 +163,19 @@ func Start(ctx context.Context, cfg Config, gpus []discovery.GPU) (*Driver, erro
 	if err != nil {
 		return nil, err
 	}
-	store, prevBoot, err := checkpoint.Open(filepath.Join(cfg.StateDir, "checkpoint.json"), bootID)
+	d := &Driver{cfg: cfg, claimClient: draclient.New(cfg.KubeClient)}
+	d.setGPUs(gpus)
+	cpPath := filepath.Join(cfg.StateDir, "checkpoint.json")
+	store, prevBoot, err := checkpoint.Open(cpPath, bootID)
+	if errors.Is(err, checkpoint.ErrCorrupt) {
+		// Crash-looping on it would strand every pod of the node.
+		store, err = d.rebuildCheckpoint(ctx, cpPath, bootID, err)
+		prevBoot = bootID
+	}
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store}
+	d.store = store
 	d.setGPUs(gpus)
 	if err := d.withInstanceLock(func() error { return d.recover(ctx, prevBoot != bootID) }); err != nil {
 		return nil, fmt.Errorf("recover state: %w", err)
