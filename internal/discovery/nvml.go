@@ -242,13 +242,17 @@ func formatCUDAVersion(v int) string {
 	return fmt.Sprintf("%d.%d", v/1000, (v%1000)/10)
 }
 
-func cString(b []uint8) string {
-	for i, c := range b {
+// cString reads a NUL-terminated C char array; go-nvml declares them as
+// int8 or uint8 depending on its version and the platform's char.
+func cString[T ~int8 | ~uint8](b []T) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
 		if c == 0 {
-			return string(b[:i])
+			break
 		}
+		out = append(out, byte(c))
 	}
-	return string(b)
+	return string(out)
 }
 
 func firstNonEmpty(values ...string) string {

@@ -57,7 +57,9 @@ func mockNVML(initRet nvml.Return, gpus ...fakeGPU) *mock.Interface {
 			},
 			GetPciInfoFunc: func() (nvml.PciInfo, nvml.Return) {
 				var info nvml.PciInfo
-				copy(info.BusId[:], g.busID)
+				for i := range min(len(g.busID), len(info.BusId)) {
+					info.BusId[i] = int8(g.busID[i])
+				}
 				return info, g.optionalRet
 			},
 			GetMigModeFunc:    func() (int, int, nvml.Return) { return g.migMode, g.migMode, g.migRet },

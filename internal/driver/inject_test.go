@@ -22,6 +22,8 @@ func TestCDISpecsApplyToOCISpec(t *testing.T) {
 		`{"name":"` + testGPUs[2].UUID + `","containerEdits":{"env":["TOOLKIT_GPU_C=1"]}}],` +
 		`"containerEdits":{"mounts":[{"hostPath":"/usr/lib/libcuda.so.1","containerPath":"/usr/lib/libcuda.so.1","options":["ro","bind"]}]}}`
 	mustWrite(t, filepath.Join(e.cfg.CDIRoot, "nvidia.json"), toolkit)
+	e.cfg.ComposeNvidiaCDI = true // and Prepare checks that the toolkit's devices resolve
+	e.restart(t)
 
 	res := e.prepare(t, c)[string(c.UID)]
 	if res.Error != "" {
