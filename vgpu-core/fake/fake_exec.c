@@ -181,6 +181,22 @@ int fk_stream(CUstream s, int *dev, uint64_t *done_at)
     return 0;
 }
 
+/* fake_mem.c: a stream-ordered free is a marker on the stream's lane; it
+ * takes effect when the lane reaches it (lane -1: nothing is queued on the
+ * stream, the free is immediate). */
+int fk_stream_marker(CUstream s, int *lane, uint64_t *seq)
+{
+    CUresult err;
+    struct CUstream_st *st = strm(s, &err);
+    if (!st) return -1;
+    *lane = -1;
+    if (st->submitted && st->lane >= 0) {
+        *lane = st->lane;
+        *seq = st->last_seq = fg_lane_submit(st->lane, 0);
+    }
+    return 0;
+}
+
 CUresult cuStreamCreate(CUstream *s, unsigned flags)
 {
     (void)flags;

@@ -54,7 +54,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct CUmemPoolHandle_st defpool[FG_MAX_DEV];  /* by ordinal */
 static struct CUmemPoolHandle_st *curpool[FG_MAX_DEV]; /* cuDeviceSetMemPool */
 static struct CUmemPoolHandle_st *created;             /* cuMemPoolCreate'd */
-static struct pending { struct fobj *o; uint64_t at; } *pend;
+static struct pending { struct fobj *o; int lane; uint64_t seq; } *pend;
 static size_t npend, cappend;
 static struct mapping { CUdeviceptr p; size_t size; struct fobj *o; } *maps;
 static size_t nmaps, capmaps;
@@ -119,10 +119,10 @@ static void finish_free(struct fobj *o)
 
 static void apply_pending(void)
 {
-    uint64_t now = fg_now();
+    uint64_t now = fg_now(), t;
     size_t j = 0;
     for (size_t i = 0; i < npend; i++) {
-        if (pend[i].at <= now) finish_free(pend[i].o);
+        if (fg_lane_query(pend[i].lane, pend[i].seq, &t) && t <= now) finish_free(pend[i].o);
         else pend[j++] = pend[i];
     }
     npend = j;
@@ -237,17 +237,17 @@ static CUresult free_async(CUdeviceptr p, CUstream s)
     struct fobj *o = obj(p, OBJ_PLAIN);
     if (!o) o = obj(p, OBJ_POOL);
     if (!o) return CUDA_ERROR_INVALID_VALUE;
-    int d;
-    uint64_t at;
-    if (fk_stream(s, &d, &at)) return CUDA_ERROR_INVALID_HANDLE;
-    if (at <= fg_now()) { finish_free(o); return CUDA_SUCCESS; }
+    int lane;
+    uint64_t seq = 0;
     if (npend == cappend) {
         size_t c = cappend ? cappend * 2 : 64;
         struct pending *n = realloc(pend, c * sizeof *n);
         if (!n) return CUDA_ERROR_OUT_OF_MEMORY;
         pend = n; cappend = c;
     }
-    pend[npend++] = (struct pending){o, at};
+    if (fk_stream_marker(s, &lane, &seq)) return CUDA_ERROR_INVALID_HANDLE;
+    if (lane < 0) { finish_free(o); return CUDA_SUCCESS; }
+    pend[npend++] = (struct pending){o, lane, seq};
     return CUDA_SUCCESS;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) { ENTER(); LEAVE(free_now(p)); }

@@ -13,6 +13,10 @@ int fk_host(CUdevice d);
 int fk_current_dev(void);
 int fk_initialized(void);
 int fk_stream(CUstream s, int *dev, uint64_t *done_at);
+/* fake_exec.c: queue a marker on s for a stream-ordered free; its lane and
+ * sequence number (poll with fg_lane_query), lane -1 if s has no queued
+ * work; -1 for an invalid stream. */
+int fk_stream_marker(CUstream s, int *lane, uint64_t *seq);
 
 /* fake_mem.c: a context (primary at its first retain, or cuCtxCreate'd)
  * takes FAKE_CTX_MEM bytes of the device's memory until it is destroyed;

@@ -33,6 +33,16 @@ env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" meminfo procaddr $QM | tee -a 
 env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" kill inlock $QM "$W/pause" | tee -a "$RES"
 env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" concurrent 8 4 $QM | grep -v 'physical\|exercised' | tee -a "$RES"
 PASS=$((PASS + $(grep -c '^ok ' "$RES"))); FAIL=$((FAIL + $(grep -c '^not ok ' "$RES")))
+# Four claims whose quotas fill what the GPU offers tenants (total minus
+# the driver's reserved memory): contexts are inside the quotas, so the last
+# claim still gets its context and all of its quota.
+cap=$(nvidia-smi --id=0 --query-gpu=memory.total,memory.reserved --format=csv,noheader,nounits | awk -F, '{print $1 - $2}')
+q4=$((cap / 4))
+say "== memory: 4 claims of $q4 MiB (GPU offers $cap MiB) with their contexts"
+mkdir -p "$W/claims"
+env LD_PRELOAD=$PRE CUDA_DEVICE_MEMORY_LIMIT=${q4}m "$W/vt" claims 4 $q4 0 "$W/claims" > "$W/claims.out"
+tee -a "$RES" < "$W/claims.out"
+PASS=$((PASS + $(grep -c '^ok ' "$W/claims.out"))); FAIL=$((FAIL + $(grep -c '^not ok ' "$W/claims.out")))
 
 say "== nvidia-smi under the preload (quota $Q)"
 smi=$(env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q nvidia-smi --id=0 --query-gpu=memory.total,memory.used,memory.free --format=csv,noheader,nounits)

@@ -30,6 +30,15 @@ struct vgpu_config {
 
 extern struct vgpu_config vgpu_cfg;
 
+/* Configuration happens once, at the first of the constructor or a hook
+ * (init.c); after that this is one load and a predictable branch. */
+extern int vgpu_init_state;
+void vgpu_init_slow(void);
+static inline void vgpu_ensure_init(void)
+{
+    if (__builtin_expect(__atomic_load_n(&vgpu_init_state, __ATOMIC_ACQUIRE) != 2, 0)) vgpu_init_slow();
+}
+
 void vgpu_config_load(void);
 /* Parse HAMi's size format: bytes, or k/K, m/M, g/G suffix. 0 on error. */
 uint64_t vgpu_parse_size(const char *s);

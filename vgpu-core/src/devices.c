@@ -12,7 +12,8 @@
 #define MAX_ORDINALS 64
 static struct vgpu_dev cuda_devs[MAX_ORDINALS];
 static int n_cuda_devs;
-static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+static int cuda_done;
+static pthread_mutex_t cuda_mu = PTHREAD_MUTEX_INITIALIZER;
 
 void vgpu_format_uuid(const CUuuid *u, char *out, size_t n)
 {
@@ -21,18 +22,20 @@ void vgpu_format_uuid(const CUuuid *u, char *out, size_t n)
              b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
-static void fill(struct vgpu_dev *d, int qidx)
+static void fill(struct vgpu_dev *d, int qidx, int ordinal)
 {
     d->qidx = qidx;
+    d->ordinal = ordinal;
     d->mem_limit = vgpu_config_mem_limit(qidx);
     d->sm_limit = vgpu_config_sm_limit(qidx);
     d->region_dev = -1;
 }
 
-static void enumerate_cuda(void)
+/* -1 while the driver cannot enumerate (before cuInit): try again later. */
+static int enumerate_cuda(void)
 {
     int n = 0;
-    if (REAL(cuDeviceGetCount)(&n) != CUDA_SUCCESS) n = 0;
+    if (REAL(cuDeviceGetCount)(&n) != CUDA_SUCCESS) return -1;
     if (n > MAX_ORDINALS) n = MAX_ORDINALS;
     for (int i = 0; i < n; i++) {
         struct vgpu_dev *d = &cuda_devs[i];
@@ -46,14 +49,27 @@ static void enumerate_cuda(void)
         else snprintf(d->uuid, sizeof d->uuid, "ordinal-%d", i);
         /* the UUID list is authoritative; without it, HAMi's ordinal rule */
         int q = vgpu_cfg.n_uuids ? vgpu_config_uuid_index(d->uuid) : i;
-        fill(d, q);
+        fill(d, q, i);
         LOG_INFO("CUDA device %d %s: quota index %d, memory limit %llu, share %d%%",
                  i, d->uuid, q, (unsigned long long)d->mem_limit, d->sm_limit);
     }
     __atomic_store_n(&n_cuda_devs, n, __ATOMIC_RELEASE);
+    return 0;
 }
 
-void vgpu_devices_after_init(void) { pthread_once(&cuda_once, enumerate_cuda); }
+void vgpu_devices_after_init(void)
+{
+    if (__atomic_load_n(&cuda_done, __ATOMIC_ACQUIRE)) return;
+    pthread_mutex_lock(&cuda_mu);
+    if (!cuda_done && enumerate_cuda() == 0) __atomic_store_n(&cuda_done, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&cuda_mu);
+}
+
+int vgpu_dev_count(void)
+{
+    vgpu_devices_after_init();
+    return __atomic_load_n(&n_cuda_devs, __ATOMIC_ACQUIRE);
+}
 
 struct vgpu_dev *vgpu_dev_by_ordinal(CUdevice d)
 {
@@ -136,10 +152,48 @@ struct vgpu_dev *vgpu_dev_by_nvml(nvmlDevice_t h)
         }
         out = &nvml_devs[n_nvml].d;
         snprintf(out->uuid, sizeof out->uuid, "%s", uuid);
-        fill(out, q);
+        fill(out, q, -1);
         nvml_devs[n_nvml].h = h;
         n_nvml++;
     }
     pthread_mutex_unlock(&nvml_mu);
     return out;
+}
+
+static int nvml_ready(void)
+{
+    static int state; /* 0 unknown, 1 initialised, -1 unavailable */
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (!s) {
+        s = REAL(nvmlInit_v2)() == NVML_SUCCESS ? 1 : -1;
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s > 0;
+}
+
+int vgpu_dev_nvml_free(struct vgpu_dev *d, uint64_t *free_b)
+{
+    if (!nvml_ready()) return -1;
+    unsigned cnt = 0;
+    if (REAL(nvmlDeviceGetCount_v2)(&cnt) != NVML_SUCCESS) return -1;
+    for (unsigned i = 0; i < cnt; i++) {
+        nvmlDevice_t h;
+        char uuid[VGPU_UUID_LEN];
+        if (REAL(nvmlDeviceGetHandleByIndex_v2)(i, &h) != NVML_SUCCESS) continue;
+        if (REAL(nvmlDeviceGetUUID)(h, uuid, sizeof uuid) != NVML_SUCCESS || strcasecmp(uuid, d->uuid)) continue;
+        nvmlMemory_t m;
+        if (REAL(nvmlDeviceGetMemoryInfo)(h, &m) != NVML_SUCCESS) return -1;
+        *free_b = m.free;
+        return 0;
+    }
+    return -1;
+}
+
+/* A thread of the parent may have held these at fork(): the child has only
+ * the forking thread, so they start free. */
+void vgpu_devices_atfork_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    nvml_mu = fresh;
+    cuda_mu = fresh;
 }

@@ -12,10 +12,12 @@ struct vgpu_dev {
     uint64_t mem_limit;    /* 0 = no memory limit on this device */
     int sm_limit;          /* 100 = no throttling */
     int region_dev;        /* entry in the shared region, -1 until first use */
+    int ordinal;           /* CUDA ordinal, -1 for a device known only to NVML */
     char uuid[VGPU_UUID_LEN];
 };
 
-/* After a successful cuInit. NULL if the ordinal is unknown. */
+/* NULL if the ordinal is unknown, or before cuInit has succeeded (the
+ * table is built at the first call after that, never latched empty). */
 struct vgpu_dev *vgpu_dev_by_ordinal(CUdevice d);
 /* The current context's device, NULL if none. */
 struct vgpu_dev *vgpu_dev_current(void);
@@ -25,4 +27,10 @@ struct vgpu_dev *vgpu_dev_by_nvml(nvmlDevice_t h);
 int vgpu_dev_region_index(struct vgpu_dev *d);
 void vgpu_format_uuid(const CUuuid *u, char *out, size_t n);
 void vgpu_devices_after_init(void);
+/* Number of CUDA devices known (0 before cuInit). */
+int vgpu_dev_count(void);
+/* Device-wide free memory as NVML reports it (no context needed); -1 if
+ * NVML cannot tell. */
+int vgpu_dev_nvml_free(struct vgpu_dev *d, uint64_t *free_b);
+void vgpu_devices_atfork_child(void);
 #endif

@@ -1,5 +1,7 @@
 #define _GNU_SOURCE
 #include "dispatch.h"
+#include "config.h"
+#include <link.h>
 #include "log.h"
 #include <dlfcn.h>
 #include <pthread.h>
@@ -39,7 +41,8 @@ NO_SANITIZE void *vgpu_real_dlsym(void *handle, const char *name)
         static const char *const vers[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
         for (unsigned i = 0; !f && i < sizeof vers / sizeof vers[0]; i++)
             f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", vers[i]);
-        if (!f) { LOG_ERR("cannot find the real dlsym"); abort(); }
+        /* never abort the process libvgpu is loaded into */
+        if (!f) { LOG_ERR("cannot find the real dlsym: no symbol lookups through dlsym will work"); return NULL; }
         __atomic_store_n(&real_dlsym_ptr, f, __ATOMIC_RELEASE);
     }
     return f(handle, name);
@@ -50,11 +53,17 @@ static CUresult missing_function(void) { return CUDA_ERROR_NOT_SUPPORTED; }
 
 static void *cuda_handle, *nvml_handle;
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+/* Set while this thread loads a driver library: whatever that library looks
+ * up with dlsym then (a forwarding driver's constructor) gets real symbols. */
+static __thread int loading;
 
 static void load_all(void)
 {
     const char *cu = getenv("VGPU_REAL_LIBCUDA");
-    cuda_handle = dlopen(cu && *cu ? cu : "libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    loading = 1;
+    void *lib = dlopen(cu && *cu ? cu : "libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    loading = 0;
+    __atomic_store_n(&cuda_handle, lib, __ATOMIC_RELEASE);
     if (!cuda_handle) LOG_WARN("cannot load the CUDA driver: %s", dlerror());
     for (int h = 0; h < H_CUDA_COUNT; h++) {
         void *f = cuda_handle ? vgpu_real_dlsym(cuda_handle, names[h]) : NULL;
@@ -65,7 +74,10 @@ static void load_all(void)
 static void load_nvml(void)
 {
     const char *nv = getenv("VGPU_REAL_LIBNVML");
-    nvml_handle = dlopen(nv && *nv ? nv : "libnvidia-ml.so.1", RTLD_NOW | RTLD_GLOBAL);
+    loading = 1;
+    void *lib = dlopen(nv && *nv ? nv : "libnvidia-ml.so.1", RTLD_NOW | RTLD_GLOBAL);
+    loading = 0;
+    __atomic_store_n(&nvml_handle, lib, __ATOMIC_RELEASE);
     if (!nvml_handle) LOG_WARN("cannot load NVML: %s", dlerror());
     for (int h = H_NVML_BASE + 1; h < H_COUNT; h++) {
         void *f = nvml_handle ? vgpu_real_dlsym(nvml_handle, names[h]) : NULL;
@@ -76,6 +88,9 @@ static pthread_once_t nvml_once = PTHREAD_ONCE_INIT;
 
 void *vgpu_resolve(int h)
 {
+    /* the first driver call may come before libvgpu's constructor (from
+     * another library's constructor): configure first */
+    vgpu_ensure_init();
     if (h < H_CUDA_COUNT) pthread_once(&load_once, load_all);
     else pthread_once(&nvml_once, load_nvml);
     return __atomic_load_n(&vgpu_real_fn[h], __ATOMIC_ACQUIRE);
@@ -101,7 +116,8 @@ static const struct { const char *base; int since; const char *suffix; } version
     {"cuMemAlloc", 3020, "_v2"}, {"cuMemAllocPitch", 3020, "_v2"},
     {"cuMemFree", 3020, "_v2"}, {"cuMemGetInfo", 3020, "_v2"},
     {"cuDeviceTotalMem", 3020, "_v2"}, {"cuArrayCreate", 3020, "_v2"},
-    {"cuArray3DCreate", 3020, "_v2"},
+    {"cuArray3DCreate", 3020, "_v2"}, {"cuCtxCreate", 3020, "_v2"}, {"cuCtxDestroy", 4000, "_v2"},
+    {"cuDevicePrimaryCtxRelease", 11000, "_v2"},
 };
 /* Entry points that have a per-thread-default-stream variant. */
 static const char *const ptsz[] = {
@@ -140,14 +156,32 @@ void *vgpu_hook_for_proc(const char *sym, void *real_pfn, int ver, cuuint64_t fl
     return real_pfn;
 }
 
+/* Is the caller the driver library libvgpu itself loaded? A forwarding
+ * libcuda.so.1 (a shim that looks the real driver up with dlsym) must get
+ * the real functions, or hook -> shim -> hook recursion follows. In glibc a
+ * dlopen handle is the object's link map. */
+/* noinline: its address-taken locals must not live in dlsym's frame, or the
+ * compiler cannot make dlsym's last call a tail call (RTLD_NEXT needs it). */
+static NO_SANITIZE __attribute__((noinline)) int from_driver(const void *caller)
+{
+    void *cu = __atomic_load_n(&cuda_handle, __ATOMIC_ACQUIRE), *nv = __atomic_load_n(&nvml_handle, __ATOMIC_ACQUIRE);
+    if (!cu && !nv) return 0;
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm) return 0;
+    return (void *)lm == cu || (void *)lm == nv;
+}
+
 /* dlsym interception: every lookup of a hooked driver/NVML name answers our
- * hook, provided the handle really has the symbol. Anything else is a tail
- * call to the real dlsym so that RTLD_NEXT stays relative to the caller. */
+ * hook, provided the handle really has the symbol, unless the driver itself
+ * asks. Anything else is a tail call to the real dlsym so that RTLD_NEXT
+ * stays relative to the caller. */
 VGPU_EXPORT NO_SANITIZE void *dlsym(void *handle, const char *name)
 {
     const char *n = name;
     __asm__("" : "+r"(n)); /* glibc declares name nonnull; callers do pass NULL */
-    if (n && ((name[0] == 'c' && name[1] == 'u') || (name[0] == 'n' && name[1] == 'v'))) {
+    if (n && ((name[0] == 'c' && name[1] == 'u') || (name[0] == 'n' && name[1] == 'v')) && !loading &&
+        !from_driver(__builtin_return_address(0))) {
         void *hook = vgpu_hook_for_name(name);
         if (hook && (handle == RTLD_NEXT || vgpu_real_dlsym(handle, name))) return hook;
     }

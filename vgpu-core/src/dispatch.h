@@ -24,11 +24,16 @@ X(cuGraphLaunch, 1) X(cuGraphLaunch_ptsz, 1) \
 X(cuDeviceGetCount, 0) X(cuDeviceGet, 0) X(cuDeviceGetUuid, 0) X(cuDeviceGetUuid_v2, 0) \
 X(cuCtxGetDevice, 0) X(cuCtxGetCurrent, 0) X(cuCtxSetCurrent, 0) \
 X(cuEventCreate, 0) X(cuEventDestroy_v2, 0) X(cuEventRecord, 0) X(cuEventQuery, 0) \
-X(cuEventElapsedTime, 0) X(cuEventSynchronize, 0) X(cuStreamIsCapturing, 0)
+X(cuEventElapsedTime, 0) X(cuEventSynchronize, 0) X(cuStreamIsCapturing, 0) \
+X(cuCtxCreate_v2, 1) X(cuCtxDestroy_v2, 1) X(cuDevicePrimaryCtxRetain, 1) X(cuDevicePrimaryCtxRelease_v2, 1) \
+X(cuModuleLoad, 1) X(cuModuleLoadData, 1) X(cuModuleUnload, 1) \
+X(cuMemPoolCreate, 1) X(cuMemPoolDestroy, 1) X(cuMemPoolTrimTo, 1) X(cuMemMap, 1) X(cuMemUnmap, 1) \
+X(cuDeviceGetDefaultMemPool, 0) X(cuDeviceGetMemPool, 0) X(cuMemPoolGetAttribute, 0) \
+X(cuArrayGetMemoryRequirements, 0) X(cuMipmappedArrayGetMemoryRequirements, 0)
 
 #define VGPU_NVML_FUNCS(X) \
 X(nvmlDeviceGetMemoryInfo, 1) X(nvmlDeviceGetMemoryInfo_v2, 1) \
-X(nvmlDeviceGetUUID, 0) X(nvmlDeviceGetCount_v2, 0) X(nvmlDeviceGetHandleByIndex_v2, 0)
+X(nvmlDeviceGetUUID, 0) X(nvmlDeviceGetCount_v2, 0) X(nvmlDeviceGetHandleByIndex_v2, 0) X(nvmlInit_v2, 0)
 
 enum {
 #define VGPU_ENUM(name, hooked) H_##name,

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(struct vgpu_region_header) == 256, "header layout");
@@ -209,32 +210,50 @@ static void spin_lock(struct vgpu_region *r)
 
 static void spin_unlock(struct vgpu_region *r) { __atomic_store_n(&r->h.lock, 0, __ATOMIC_RELEASE); }
 
+/* fstat through the system call: glibc 2.33 made fstat a new symbol
+ * version, and libvgpu must load on older glibc (README "Loading"). The
+ * kernel's struct stat is glibc's on x86_64 and aarch64. */
+static int fstat_fd(int fd, struct stat *st) { return (int)syscall(SYS_fstat, fd, st); }
+
 /* Called with P.mu held. */
 static void attach_impl(void)
 {
     P.pid = getpid();
     P.slot = -1;
     const char *path = vgpu_cfg.region_path;
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) { fallback_local(strerror(errno)); return; }
+    /* The claim directory is writable by the container: never follow a
+     * symlink planted there (O_NOFOLLOW), never block opening a FIFO
+     * (O_NONBLOCK), and use only a regular file. */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
+    if (fd < 0) {
+        fallback_local(errno == ELOOP ? "is a symbolic link; refusing to follow it" : strerror(errno));
+        return;
+    }
+    struct stat st;
+    if (fstat_fd(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        fallback_local("is not a regular file");
+        return;
+    }
     (void)fchmod(fd, 0666); /* containers of one claim may run as different users */
     P.fd = fd;
     if (ofd_lock(fd, F_WRLCK, VGPU_LOCK_CRIT, 1) < 0) {
         close(fd); P.fd = -1; fallback_local("cannot lock"); return;
     }
-    struct stat st;
     struct vgpu_region_header h;
     memset(&h, 0, sizeof h);
-    if (fstat(fd, &st) < 0) st.st_size = -1;
+    if (fstat_fd(fd, &st) < 0) st.st_size = -1; /* again, now that we hold the attach lock */
     ssize_t got = st.st_size > 0 ? pread(fd, &h, sizeof h, 0) : 0;
-    int fresh = st.st_size == 0;
-    int valid = !fresh && got == (ssize_t)sizeof h && st.st_size == (off_t)sizeof(struct vgpu_region) && header_valid(&h);
-    if (!fresh && !valid) {
-        /* Not ours (corrupt, truncated, other version). Reinitialise only if
-         * provably unused: nobody holds the presence lock. */
+    int fresh = 0;
+    int valid = got == (ssize_t)sizeof h && st.st_size == (off_t)sizeof(struct vgpu_region) && header_valid(&h);
+    if (!valid) {
+        /* New (empty) or not ours (corrupt, truncated, other version).
+         * (Re)initialise only if provably unused: nobody holds the presence
+         * lock. A file in use is never truncated or rewritten. */
         if (ofd_lock(fd, F_WRLCK, VGPU_LOCK_PRESENCE, 0) == 0) {
-            LOG_WARN("shared region %s invalid (size %lld magic %#x version %u) and unused: reinitialising",
-                     path, (long long)st.st_size, h.magic, h.version);
+            if (st.st_size)
+                LOG_WARN("shared region %s invalid (size %lld magic %#x version %u) and unused: reinitialising",
+                         path, (long long)st.st_size, h.magic, h.version);
             fresh = 1;
         } else {
             char why[160];
@@ -247,7 +266,10 @@ static void attach_impl(void)
         }
     }
     if (fresh) {
-        if (ftruncate(fd, 0) < 0 || ftruncate(fd, sizeof(struct vgpu_region)) < 0) {
+        /* Only a file nobody uses gets here (empty, or invalid with the
+         * presence lock free): truncating it cannot pull pages from under
+         * another process's mapping. */
+        if ((st.st_size > 0 && ftruncate(fd, 0) < 0) || ftruncate(fd, sizeof(struct vgpu_region)) < 0) {
             ofd_lock(fd, F_UNLCK, VGPU_LOCK_CRIT, 0);
             close(fd); P.fd = -1; fallback_local("cannot size the file"); return;
         }

@@ -115,6 +115,8 @@ echo "== no limit: without libvgpu '$a', with '$b'"
 check "no limit set behaves exactly like the driver" [ "$a" = "$b" ]
 check "no limit: no region file is created" [ ! -e "$W/region.nolimit" ]
 
+source "$(dirname "$0")/mem_tests.sh"
+
 if [ -x "$LT" ] && [ -z "${VGPU_SKIP_LIMITER:-}" ]; then
     source "$(dirname "$0")/limiter_tests.sh"
 fi

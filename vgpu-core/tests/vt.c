@@ -98,6 +98,16 @@ static CUcontext ctx_on(int dev)
     return c;
 }
 
+/* What the quota leaves after the context: the whole quota on the fake
+ * driver (contexts take no memory unless FAKE_CTX_MEM says so), the quota
+ * less the context's charge on a real GPU. */
+static uint64_t budget(void)
+{
+    size_t f = 0, t = 0;
+    cuMemGetInfo_v2(&f, &t);
+    return f;
+}
+
 static CUmemoryPool default_pool(int dev)
 {
     CUmemoryPool p = NULL;
@@ -168,6 +178,8 @@ static int cmd_apis(const char *path, int expect)
     if (get_api(path, &a)) return 2;
     cuInit(0);
     ctx_on(0);
+    uint64_t left = budget() / (256 * MiB);
+    if ((uint64_t)expect > left) expect = (int)left; /* a real GPU's context is charged too */
     for (int k = 0; k < NKINDS; k++) {
         uint64_t objs[64];
         CUresult last;
@@ -206,11 +218,12 @@ static int cmd_meminfo(const char *path, uint64_t quota)
     if (get_api(path, &a)) return 2;
     cuInit(0);
     ctx_on(0);
+    uint64_t base = budget(); /* the quota, less the context's charge on a real GPU */
     CUdeviceptr p;
     a.alloc(&p, 256 * MiB);
     size_t f, t;
     a.info(&f, &t);
-    t_check(t == quota && f == quota - 256 * MiB, "cuMemGetInfo via %s: total %zu MiB free %zu MiB (quota %llu MiB, 256 MiB used)",
+    t_check(t == quota && f == base - 256 * MiB, "cuMemGetInfo via %s: total %zu MiB free %zu MiB (quota %llu MiB, 256 MiB used)",
             path, t >> 20, f >> 20, (unsigned long long)(quota >> 20));
     size_t tot;
     a.total(&tot, 0);
@@ -218,7 +231,7 @@ static int cmd_meminfo(const char *path, uint64_t quota)
     unsigned long long nt = 0, nf = 0;
     for (int v2 = 0; v2 < 2; v2++) {
         int r = nvml_mem(0, &nt, &nf, v2);
-        t_check(!r && nt == quota && nf == quota - 256 * MiB, "nvmlDeviceGetMemoryInfo%s: total %llu MiB free %llu MiB",
+        t_check(!r && nt == quota && nf == base - 256 * MiB, "nvmlDeviceGetMemoryInfo%s: total %llu MiB free %llu MiB",
                 v2 ? "_v2" : "", nt >> 20, nf >> 20);
     }
     /* NVML through dlopen+dlsym, as nvidia-smi does */
@@ -228,10 +241,10 @@ static int cmd_meminfo(const char *path, uint64_t quota)
     nvmlDeviceGetHandleByIndex_v2(0, &d);
     nvmlMemory_t m;
     gm(d, &m);
-    t_check(m.total == quota && m.free == quota - 256 * MiB, "nvmlDeviceGetMemoryInfo via dlsym: total %llu MiB", m.total >> 20);
+    t_check(m.total == quota && m.free == base - 256 * MiB, "nvmlDeviceGetMemoryInfo via dlsym: total %llu MiB", m.total >> 20);
     a.fr(p);
     a.info(&f, &t);
-    t_check(f == quota, "free after cuMemFree: %zu MiB", f >> 20);
+    t_check(f == base, "free after cuMemFree: %zu MiB", f >> 20);
     return 0;
 }
 
@@ -250,8 +263,11 @@ static int cmd_physfree(void)
 static int cmd_two(int argc, char **argv)
 {
     cuInit(0);
-    int n;
+    int n = 0;
     cuDeviceGetCount(&n);
+    /* one expectation per visible GPU: a GPU the driver does not show (or
+     * one the test forgot) is a failure, not a silently skipped check */
+    t_check(n == argc - 2, "the driver shows %d GPUs, the test expects %d", n, argc - 2);
     for (int dev = 0; dev < n && dev + 2 < argc; dev++) {
         int expect = atoi(argv[dev + 2]);
         ctx_on(dev);
@@ -347,12 +363,17 @@ static int cmd_concurrent(int procs, int threads, uint64_t quota)
             (unsigned long long)(quota >> 20));
     t_check(peak > quota / 2, "quota was actually exercised (peak %llu MiB)", (unsigned long long)(peak >> 20));
     t_check(used == 0, "everything freed at the end (%llu bytes)", (unsigned long long)used);
-    /* a new process sees the full quota again */
+    /* a new process sees the full quota again (less its own context on a
+     * real GPU: at most 1 GiB) */
     cuInit(0);
     ctx_on(0);
     size_t f, t;
     cuMemGetInfo_v2(&f, &t);
+#ifdef VGPU_REAL_GPU
+    t_check(f <= quota && f + GiB >= quota, "after all exited, free = quota less this process's context (%zu MiB)", f >> 20);
+#else
     t_check(f == quota, "after all exited, free = quota (%zu MiB)", f >> 20);
+#endif
     return 0;
 }
 
@@ -388,17 +409,18 @@ static int cmd_kill(const char *mode, uint64_t quota, const char *pausefile)
     alarm(10); /* a stranded lock would hang here */
     cuInit(0);
     ctx_on(0);
+    uint64_t base = budget(); /* the quota, less this process's context on a real GPU */
     uint64_t objs[64];
     CUresult last;
     struct api a;
     api_linked(&a);
     int n = fill(&a, 0, 0, 0, objs, &last);
-    t_check((uint64_t)n * 256 * MiB == quota, "after SIGKILL %s: %d x 256 MiB fit again (quota %llu MiB)", mode, n,
-            (unsigned long long)(quota >> 20));
+    t_check((uint64_t)n == base / (256 * MiB) && base > quota / 2, "after SIGKILL %s: %d x 256 MiB fit again (quota %llu MiB, %llu MiB after the context)",
+            mode, n, (unsigned long long)(quota >> 20), (unsigned long long)(base >> 20));
     size_t f, t;
     for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
     cuMemGetInfo_v2(&f, &t);
-    t_check(f == quota && t == quota, "free memory is sane after the kill: %zu MiB of %zu MiB", f >> 20, t >> 20);
+    t_check(f == base && t == quota, "free memory is sane after the kill: %zu MiB of %zu MiB", f >> 20, t >> 20);
     return 0;
 }
 
@@ -477,6 +499,495 @@ static int cmd_fillcount(void)
     return 0;
 }
 
+
+/* ---- driver memory outside allocations, stream-ordered frees, pools ---- */
+static uint64_t phys_peak(int dev)
+{
+#ifdef VGPU_REAL_GPU
+    (void)dev;
+    return 0;
+#else
+    return fg_state()->dev[dev].peak_used;
+#endif
+}
+
+static CUcontext primary_on(int dev)
+{
+    CUcontext c = NULL;
+    CUresult r = cuDevicePrimaryCtxRetain(&c, dev);
+    if (r == CUDA_SUCCESS) cuCtxSetCurrent(c);
+    return r == CUDA_SUCCESS ? c : NULL;
+}
+
+static size_t free_mib(void)
+{
+    size_t f = 0, t = 0;
+    cuMemGetInfo_v2(&f, &t);
+    return f >> 20;
+}
+
+/* ctxfill <resultfile>: as a CUDA runtime does, retain the primary context,
+ * then hold as many 64 MiB allocations as fit; write the result and wait. */
+static int cmd_ctxfill(const char *resultfile)
+{
+    cuInit(0);
+    CUcontext c = primary_on(0);
+    size_t f = 0, t = 0;
+    cuMemGetInfo_v2(&f, &t);
+    int n = 0;
+    CUdeviceptr p;
+    CUresult last = CUDA_SUCCESS;
+    while (c && n < 1024 && (last = cuMemAlloc_v2(&p, 64 * MiB)) == CUDA_SUCCESS) n++;
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", resultfile);
+    FILE *out = fopen(tmp, "w");
+    if (!out) return 1;
+    fprintf(out, "ctx=%d fit=%d last=%d total=%zu free=%zu\n", c != NULL, n, last, t >> 20, f >> 20);
+    fclose(out);
+    rename(tmp, resultfile);
+    pause();
+    return 0;
+}
+
+/* claims <n> <quota MiB> <ctx MiB> <dir>: n claims, one process each (own
+ * region), started one after another, each filling its quota. Their quotas
+ * plus nothing else may fill the GPU: what the driver takes for contexts
+ * must be inside each quota, or the last claim's context finds no memory.
+ * ctx 0: the context's size is whatever the driver takes (a real GPU). */
+static int cmd_claims(int n, uint64_t quota, uint64_t ctx, const char *dir)
+{
+    pid_t pids[16];
+    char res[16][512];
+    int good = 1;
+    for (int i = 0; i < n && i < 16; i++) {
+        snprintf(res[i], sizeof res[i], "%s/claim%d.result", dir, i);
+        unlink(res[i]);
+        pids[i] = fork();
+        if (pids[i] == 0) {
+            char region[512];
+            snprintf(region, sizeof region, "%s/claim%d.region", dir, i);
+            setenv("CUDA_DEVICE_MEMORY_SHARED_CACHE", region, 1);
+            execl("/proc/self/exe", "vt", "ctxfill", res[i], (char *)NULL);
+            _exit(127);
+        }
+        if (wait_file(res[i], 10000)) { t_check(0, "claim %d reported", i); good = 0; break; }
+    }
+    for (int i = 0; i < n; i++) {
+        char line[256] = "";
+        FILE *f = fopen(res[i], "r");
+        if (f) { if (!fgets(line, sizeof line, f)) line[0] = 0; fclose(f); }
+        line[strcspn(line, "\n")] = 0;
+        int c = 0, fit = -1, last = -1;
+        unsigned long long total = 0, free_after = 0;
+        sscanf(line, "ctx=%d fit=%d last=%d total=%llu free=%llu", &c, &fit, &last, &total, &free_after);
+        /* ctx 0: the context's size is the driver's (real GPU); it must have
+         * been charged, and the rest of the quota must be usable */
+        uint64_t want = ctx ? (quota - ctx) / (64 * MiB) : (free_after << 20) / (64 * MiB);
+        int charged = ctx ? free_after == (quota - ctx) >> 20 : free_after < quota >> 20;
+        t_check(c == 1 && charged && (uint64_t)fit == want && last == CUDA_ERROR_OUT_OF_MEMORY,
+                "claim %d of %d (quota %llu MiB): %s (want ctx=1, the context charged, fit=%llu)", i, n,
+                (unsigned long long)(quota >> 20), line, (unsigned long long)want);
+    }
+    for (int i = 0; i < n; i++) { kill(pids[i], SIGKILL); waitpid(pids[i], NULL, 0); }
+    (void)good;
+    return 0;
+}
+
+/* module <quota MiB> <module MiB>: a loaded module's memory is charged
+ * while it is loaded. */
+static int cmd_module(uint64_t quota, uint64_t mod)
+{
+    cuInit(0);
+    primary_on(0);
+    size_t f0 = free_mib();
+    CUmodule m = NULL;
+    CUresult r = cuModuleLoadData(&m, "module image");
+    size_t f1 = free_mib();
+    int n = 0;
+    CUdeviceptr objs[64];
+    while (n < 64 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+    t_check(r == CUDA_SUCCESS && f0 - f1 == mod >> 20 && (uint64_t)n == (quota - mod) / (64 * MiB),
+            "module load: free %zu -> %zu MiB, then %d x 64 MiB fit (want %llu)", f0, f1, n,
+            (unsigned long long)((quota - mod) / (64 * MiB)));
+    for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
+    cuModuleUnload(m);
+    t_check(free_mib() == f0, "module unloaded: its charge returned (free %zu MiB)", free_mib());
+    t_check(phys_peak(0) <= quota, "device memory used never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    return 0;
+}
+
+/* ctxcreate <quota MiB> <context MiB>: cuCtxCreate'd contexts are charged
+ * while they live, and churn leaks nothing. */
+static int cmd_ctxcreate(uint64_t quota, uint64_t ctx)
+{
+    cuInit(0);
+    CUcontext a, b;
+    CUresult ra = cuCtxCreate_v2(&a, 0, 0);
+    size_t f1 = free_mib();
+    CUresult rb = cuCtxCreate_v2(&b, 0, 0);
+    size_t f2 = free_mib();
+    t_check(ra == CUDA_SUCCESS && rb == CUDA_SUCCESS && f1 == (quota - ctx) >> 20 && f2 == (quota - 2 * ctx) >> 20,
+            "two created contexts: free %zu MiB, then %zu MiB", f1, f2);
+    cuCtxDestroy_v2(b);
+    cuCtxSetCurrent(a);
+    t_check(free_mib() == (quota - ctx) >> 20, "one destroyed: free %zu MiB", free_mib());
+    for (int i = 0; i < 50; i++) {
+        CUcontext c;
+        if (cuCtxCreate_v2(&c, 0, 0) == CUDA_SUCCESS) cuCtxDestroy_v2(c);
+    }
+    cuCtxSetCurrent(a);
+    size_t f3 = free_mib();
+    int n = 0;
+    CUdeviceptr objs[64];
+    while (n < 64 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+    t_check(f3 == (quota - ctx) >> 20 && (uint64_t)n == (quota - ctx) / (64 * MiB),
+            "after 50 create/destroy cycles: free %zu MiB, %d x 64 MiB fit", f3, n);
+    t_check(phys_peak(0) <= quota, "device memory used never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    return 0;
+}
+
+/* asyncfree <quota MiB>: a stream-ordered free gives its quota back only
+ * when the stream has run it and the pool has released the memory. */
+static int cmd_asyncfree(uint64_t quota)
+{
+    cuInit(0);
+    primary_on(0);
+    CUstream s;
+    cuStreamCreate(&s, CU_STREAM_NON_BLOCKING);
+    CUfunction k;
+    cuModuleGetFunction(&k, NULL, "sleep_ns");
+    uint64_t ns = 300000000ull;
+    void *params[] = {&ns};
+    CUdeviceptr p, q;
+    CUresult r1 = cuMemAllocAsync(&p, 768 * MiB, s);
+    cuLaunchKernel(k, 1, 1, 1, 1, 1, 1, 0, s, params, NULL);
+    cuMemFreeAsync(p, s); /* runs after the kernel */
+    size_t f1 = free_mib();
+    CUresult r2 = cuMemAlloc_v2(&q, 512 * MiB);
+    t_check(r1 == CUDA_SUCCESS && r2 == CUDA_ERROR_OUT_OF_MEMORY && f1 <= (quota >> 20) - 768,
+            "free queued behind a kernel: quota not back yet (512 MiB alloc: %d, free %zu MiB)", r2, f1);
+    if (r2 == CUDA_SUCCESS) cuMemFree_v2(q);
+    cuStreamSynchronize(s);
+    size_t f2 = free_mib();
+    CUresult r3 = cuMemAlloc_v2(&q, 512 * MiB);
+    t_check(f2 == quota >> 20 && r3 == CUDA_SUCCESS,
+            "after the stream ran the free and the pool released it: free %zu MiB, 512 MiB alloc %d", f2, r3);
+    if (r3 == CUDA_SUCCESS) cuMemFree_v2(q);
+    t_check(phys_peak(0) <= quota, "device memory used by the claim never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    return 0;
+}
+
+/* pool <quota MiB>: memory a pool keeps reserved stays charged until the
+ * pool gives it back; reuse inside the pool needs no new quota; an
+ * allocation that fits only without the pool's unused reserve trims it. */
+static int cmd_pool(uint64_t quota)
+{
+    cuInit(0);
+    primary_on(0);
+    CUmemoryPool pool = default_pool(0);
+    cuuint64_t keep = ~0ull;
+    cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep);
+    CUdeviceptr p, q;
+    CUresult r = cuMemAllocAsync(&p, 512 * MiB, NULL);
+    cuMemFreeAsync(p, NULL);
+    cuCtxSynchronize();
+    cuuint64_t reserved = 0;
+    cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved);
+    size_t f1 = free_mib();
+    t_check(r == CUDA_SUCCESS && reserved == 512 * MiB && f1 == (quota >> 20) - 512,
+            "freed memory the pool keeps (%llu MiB reserved) stays charged: free %zu MiB",
+            (unsigned long long)(reserved >> 20), f1);
+    CUresult r3 = cuMemAllocAsync(&p, 512 * MiB, NULL);
+    t_check(r3 == CUDA_SUCCESS && free_mib() == (quota >> 20) - 512,
+            "reuse of the pool's reserve needs no new quota (%d, free %zu MiB)", r3, free_mib());
+    cuMemFreeAsync(p, NULL);
+    CUresult r2 = cuMemAlloc_v2(&q, 768 * MiB);
+    cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved);
+    t_check(r2 == CUDA_SUCCESS && reserved == 0,
+            "768 MiB fit only without the pool's unused reserve: allocated (%d), pool trimmed to %llu MiB", r2,
+            (unsigned long long)(reserved >> 20));
+    if (r2 == CUDA_SUCCESS) cuMemFree_v2(q);
+    cuMemAllocAsync(&p, 512 * MiB, NULL);
+    cuMemFreeAsync(p, NULL);
+    cuMemPoolTrimTo(pool, 0);
+    size_t f2 = free_mib();
+    t_check(f2 == quota >> 20, "after cuMemPoolTrimTo: free %zu MiB", f2);
+    /* a pool of its own */
+    CUmemPoolProps props;
+    memset(&props, 0, sizeof props);
+    props.allocType = 1; props.location.type = CU_MEM_LOCATION_TYPE_DEVICE; props.location.id = 0;
+    CUmemoryPool mine = NULL;
+    cuMemPoolCreate(&mine, &props);
+    int n = 0;
+    CUdeviceptr objs[16];
+    while (n < 16 && cuMemAllocFromPoolAsync(&objs[n], 256 * MiB, mine, NULL) == CUDA_SUCCESS) n++;
+    t_check((uint64_t)n * 256 * MiB == quota, "cuMemPoolCreate'd pool: %d x 256 MiB fit", n);
+    for (int i = 0; i < n; i++) cuMemFreeAsync(objs[i], NULL);
+    cuMemPoolDestroy(mine);
+    t_check(free_mib() == quota >> 20, "destroyed pool's memory returned: free %zu MiB", free_mib());
+    t_check(phys_peak(0) <= quota, "device memory used never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    return 0;
+}
+
+/* vmm <quota MiB>: cuMemRelease of a mapped allocation frees nothing; the
+ * last cuMemUnmap does. */
+static int cmd_vmm(uint64_t quota)
+{
+    cuInit(0);
+    primary_on(0);
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = 1; prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE; prop.location.id = 0;
+    CUmemGenericAllocationHandle h;
+    CUdeviceptr va, q;
+    CUresult r = cuMemCreate(&h, 512 * MiB, &prop, 0);
+    cuMemAddressReserve(&va, 1024 * MiB, 0, 0, 0);
+    CUresult rm1 = cuMemMap(va, 256 * MiB, 0, h, 0);
+    CUresult rm2 = cuMemMap(va + 256 * MiB, 256 * MiB, 256 * MiB, h, 0);
+    cuMemRelease(h);
+    size_t f1 = free_mib();
+    CUresult r2 = cuMemAlloc_v2(&q, 768 * MiB);
+    t_check(r == CUDA_SUCCESS && rm1 == CUDA_SUCCESS && rm2 == CUDA_SUCCESS && r2 == CUDA_ERROR_OUT_OF_MEMORY &&
+                f1 == (quota >> 20) - 512,
+            "released but still mapped: charged (free %zu MiB, 768 MiB alloc %d)", f1, r2);
+    if (r2 == CUDA_SUCCESS) cuMemFree_v2(q);
+    cuMemUnmap(va, 256 * MiB);
+    t_check(free_mib() == (quota >> 20) - 512, "one of two mappings gone: still charged (free %zu MiB)", free_mib());
+    cuMemUnmap(va + 256 * MiB, 256 * MiB);
+    size_t f2 = free_mib();
+    CUresult r3 = cuMemAlloc_v2(&q, 768 * MiB);
+    t_check(f2 == quota >> 20 && r3 == CUDA_SUCCESS, "after the last unmap: free %zu MiB, 768 MiB alloc %d", f2, r3);
+    if (r3 == CUDA_SUCCESS) cuMemFree_v2(q);
+    /* release with no mapping: immediate */
+    cuMemCreate(&h, 512 * MiB, &prop, 0);
+    cuMemRelease(h);
+    t_check(free_mib() == quota >> 20, "unmapped release returns the quota at once (free %zu MiB)", free_mib());
+    cuMemAddressFree(va, 1024 * MiB);
+    t_check(phys_peak(0) <= quota, "device memory used never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    return 0;
+}
+
+/* pooldev <want on device 1>: an allocation from device 1's pool, made
+ * while device 0's context is current, counts against device 1's quota. */
+static int cmd_pooldev(int want)
+{
+    cuInit(0);
+    CUcontext c1 = primary_on(1);
+    (void)c1;
+    CUcontext c0 = primary_on(0);
+    (void)c0;
+    CUmemoryPool pool1 = default_pool(1);
+    int n = 0;
+    CUdeviceptr objs[64];
+    while (n < 64 && cuMemAllocFromPoolAsync(&objs[n], 256 * MiB, pool1, NULL) == CUDA_SUCCESS) n++;
+    t_check(n == want, "device 1's pool from device 0's context: %d x 256 MiB fit (device 1's quota allows %d)", n, want);
+    for (int i = 0; i < n; i++) cuMemFreeAsync(objs[i], NULL);
+    return 0;
+}
+
+/* arrays <quota MiB>: every array format is charged what it takes. */
+static const struct { CUarray_format f; unsigned ch; const char *name; } formats[] = {
+    {CU_AD_FORMAT_UNSIGNED_INT8, 1, "UNSIGNED_INT8x1"}, {CU_AD_FORMAT_UNSIGNED_INT8, 4, "UNSIGNED_INT8x4"},
+    {CU_AD_FORMAT_SIGNED_INT8, 2, "SIGNED_INT8x2"}, {CU_AD_FORMAT_UNSIGNED_INT16, 1, "UNSIGNED_INT16"},
+    {CU_AD_FORMAT_SIGNED_INT16, 4, "SIGNED_INT16x4"}, {CU_AD_FORMAT_UNSIGNED_INT32, 2, "UNSIGNED_INT32x2"},
+    {CU_AD_FORMAT_SIGNED_INT32, 1, "SIGNED_INT32"}, {CU_AD_FORMAT_HALF, 2, "HALFx2"},
+    {CU_AD_FORMAT_FLOAT, 4, "FLOATx4"}, {CU_AD_FORMAT_UNORM_INT_101010_2, 4, "UNORM_INT_101010_2"},
+    {CU_AD_FORMAT_BC1_UNORM, 4, "BC1_UNORM"}, {CU_AD_FORMAT_BC1_UNORM_SRGB, 4, "BC1_UNORM_SRGB"},
+    {CU_AD_FORMAT_BC2_UNORM, 4, "BC2_UNORM"}, {CU_AD_FORMAT_BC2_UNORM_SRGB, 4, "BC2_UNORM_SRGB"},
+    {CU_AD_FORMAT_BC3_UNORM, 4, "BC3_UNORM"}, {CU_AD_FORMAT_BC3_UNORM_SRGB, 4, "BC3_UNORM_SRGB"},
+    {CU_AD_FORMAT_BC4_UNORM, 1, "BC4_UNORM"}, {CU_AD_FORMAT_BC4_SNORM, 1, "BC4_SNORM"},
+    {CU_AD_FORMAT_BC5_UNORM, 2, "BC5_UNORM"}, {CU_AD_FORMAT_BC5_SNORM, 2, "BC5_SNORM"},
+    {CU_AD_FORMAT_BC6H_UF16, 3, "BC6H_UF16"}, {CU_AD_FORMAT_BC6H_SF16, 3, "BC6H_SF16"},
+    {CU_AD_FORMAT_BC7_UNORM, 4, "BC7_UNORM"}, {CU_AD_FORMAT_BC7_UNORM_SRGB, 4, "BC7_UNORM_SRGB"},
+    {CU_AD_FORMAT_P010, 3, "P010"}, {CU_AD_FORMAT_P016, 3, "P016"}, {CU_AD_FORMAT_NV16, 3, "NV16"},
+    {CU_AD_FORMAT_P210, 3, "P210"}, {CU_AD_FORMAT_P216, 3, "P216"}, {CU_AD_FORMAT_YUY2, 3, "YUY2"},
+    {CU_AD_FORMAT_Y210, 3, "Y210"}, {CU_AD_FORMAT_Y216, 3, "Y216"}, {CU_AD_FORMAT_AYUV, 4, "AYUV"},
+    {CU_AD_FORMAT_Y410, 4, "Y410"}, {CU_AD_FORMAT_NV12, 3, "NV12"}, {CU_AD_FORMAT_Y416, 4, "Y416"},
+    {CU_AD_FORMAT_Y444_PLANAR8, 3, "Y444_PLANAR8"}, {CU_AD_FORMAT_Y444_PLANAR10, 3, "Y444_PLANAR10"},
+    {CU_AD_FORMAT_YUV444_8bit_SemiPlanar, 3, "YUV444_8bit_SemiPlanar"},
+    {CU_AD_FORMAT_YUV444_16bit_SemiPlanar, 3, "YUV444_16bit_SemiPlanar"},
+    {CU_AD_FORMAT_UNORM_INT8X1, 1, "UNORM_INT8X1"}, {CU_AD_FORMAT_UNORM_INT8X2, 2, "UNORM_INT8X2"},
+    {CU_AD_FORMAT_UNORM_INT8X4, 4, "UNORM_INT8X4"}, {CU_AD_FORMAT_UNORM_INT16X1, 1, "UNORM_INT16X1"},
+    {CU_AD_FORMAT_UNORM_INT16X2, 2, "UNORM_INT16X2"}, {CU_AD_FORMAT_UNORM_INT16X4, 4, "UNORM_INT16X4"},
+    {CU_AD_FORMAT_SNORM_INT8X1, 1, "SNORM_INT8X1"}, {CU_AD_FORMAT_SNORM_INT8X2, 2, "SNORM_INT8X2"},
+    {CU_AD_FORMAT_SNORM_INT8X4, 4, "SNORM_INT8X4"}, {CU_AD_FORMAT_SNORM_INT16X1, 1, "SNORM_INT16X1"},
+    {CU_AD_FORMAT_SNORM_INT16X2, 2, "SNORM_INT16X2"}, {CU_AD_FORMAT_SNORM_INT16X4, 4, "SNORM_INT16X4"},
+};
+
+static int fill_arrays(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels, uint64_t *size)
+{
+    static uint64_t objs[4096];
+    int n = 0;
+    *size = 0;
+    for (; n < 4096; n++) {
+        CUresult r;
+        if (levels) { CUmipmappedArray m; r = cuMipmappedArrayCreate(&m, d, levels); objs[n] = (uintptr_t)m; }
+        else { CUarray a; r = cuArray3DCreate_v2(&a, d); objs[n] = (uintptr_t)a; }
+        if (r != CUDA_SUCCESS) break;
+        if (n == 0) {
+            CUDA_ARRAY_MEMORY_REQUIREMENTS req = {0, 0, {0}};
+            if (levels) cuMipmappedArrayGetMemoryRequirements(&req, (CUmipmappedArray)(uintptr_t)objs[0], 0);
+            else cuArrayGetMemoryRequirements(&req, (CUarray)(uintptr_t)objs[0], 0);
+            *size = req.size;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (levels) cuMipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)objs[i]);
+        else cuArrayDestroy((CUarray)(uintptr_t)objs[i]);
+    }
+    return n;
+}
+
+static int cmd_arrays(uint64_t quota)
+{
+    cuInit(0);
+    primary_on(0);
+    for (unsigned i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+        CUDA_ARRAY3D_DESCRIPTOR d = {1000, 1000, 0, formats[i].f, formats[i].ch, 0};
+        uint64_t size;
+        int n = fill_arrays(&d, 0, &size);
+        uint64_t want = size ? quota / size : 0;
+        t_check(size && (uint64_t)n == want, "array %s 1000x1000: %d fit in %llu MiB (driver size %llu bytes, want %llu)",
+                formats[i].name, n, (unsigned long long)(quota >> 20), (unsigned long long)size,
+                (unsigned long long)want);
+    }
+    CUDA_ARRAY3D_DESCRIPTOR layered = {512, 512, 6, CU_AD_FORMAT_BC7_UNORM, 4, 0x01};
+    CUDA_ARRAY3D_DESCRIPTOR nv12 = {1920, 1080, 0, CU_AD_FORMAT_NV12, 3, 0};
+    uint64_t size;
+    int n = fill_arrays(&layered, 5, &size);
+    t_check(size && (uint64_t)n == quota / size, "mipmapped layered BC7 512x512x6, 5 levels: %d fit (size %llu)", n,
+            (unsigned long long)size);
+    n = fill_arrays(&nv12, 0, &size);
+    t_check(size && (uint64_t)n == quota / size, "NV12 1920x1080 video frames: %d fit (size %llu)", n,
+            (unsigned long long)size);
+    t_check(free_mib() == quota >> 20, "every array's quota returned (free %zu MiB)", free_mib());
+    return 0;
+}
+
+/* early <want>: cuMemCreate before cuInit fails and must not switch the
+ * limits off for the rest of the process. */
+static int cmd_early(int want)
+{
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = 1; prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE; prop.location.id = 0;
+    CUmemGenericAllocationHandle h;
+    CUresult r0 = cuMemCreate(&h, 256 * MiB, &prop, 0);
+    cuInit(0);
+    primary_on(0);
+    uint64_t objs[64];
+    CUresult last;
+    struct api a;
+    api_linked(&a);
+    int n = fill(&a, 0, 0, want, objs, &last);
+    t_check(r0 == CUDA_ERROR_NOT_INITIALIZED && n == want, "cuMemCreate before cuInit (%d), then %d x 256 MiB fit (want %d)",
+            r0, n, want);
+    return 0;
+}
+
+/* forknvml <forks>: a thread polls NVML memory (as monitoring threads do)
+ * while the main thread forks; every child can use libvgpu at once. */
+static volatile int poll_stop;
+static void *nvml_poller(void *arg)
+{
+    (void)arg;
+    nvmlInit_v2();
+    unsigned cnt = 0;
+    nvmlDeviceGetCount_v2(&cnt);
+    while (!poll_stop)
+        for (unsigned i = 0; i < cnt; i++) {
+            nvmlDevice_t h;
+            nvmlMemory_t m;
+            if (nvmlDeviceGetHandleByIndex_v2(i, &h) == NVML_SUCCESS) nvmlDeviceGetMemoryInfo(h, &m);
+        }
+    return NULL;
+}
+static int cmd_forknvml(int forks)
+{
+    cuInit(0);
+    primary_on(0);
+    pthread_t th;
+    pthread_create(&th, NULL, nvml_poller, NULL);
+    usleep(50000);
+    int hung = 0, failed = 0;
+    for (int i = 0; i < forks; i++) {
+        pid_t c = fork();
+        if (c == 0) {
+            alarm(5);
+            nvmlDevice_t h;
+            nvmlMemory_t m;
+            nvmlDeviceGetHandleByIndex_v2(0, &h);
+            if (nvmlDeviceGetMemoryInfo(h, &m)) _exit(2);
+            primary_on(0);
+            CUdeviceptr p;
+            if (cuMemAlloc_v2(&p, 64 * MiB)) _exit(3);
+            cuMemFree_v2(p);
+            _exit(0);
+        }
+        int st;
+        waitpid(c, &st, 0);
+        if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM) hung++;
+        else if (!WIFEXITED(st) || WEXITSTATUS(st)) failed++;
+    }
+    poll_stop = 1;
+    pthread_join(th, NULL);
+    t_check(hung == 0 && failed == 0, "%d forks beside an NVML polling thread: %d children hung, %d failed", forks, hung,
+            failed);
+    return 0;
+}
+
+/* manysmall <n>: more live allocations than the allocation table's first
+ * size, with growing it failing (tests/lib/failcalloc.c): no hang, refused
+ * allocations are OOM, and every quota byte comes back. */
+static int cmd_manysmall(int n, uint64_t quota)
+{
+    alarm(30);
+    cuInit(0);
+    primary_on(0);
+    CUdeviceptr *p = malloc((size_t)n * sizeof *p);
+    int ok = 0, oom = 0, other = 0;
+    for (int i = 0; i < n; i++) {
+        CUresult r = cuMemAlloc_v2(&p[ok], MiB);
+        if (r == CUDA_SUCCESS) ok++;
+        else if (r == CUDA_ERROR_OUT_OF_MEMORY) oom++;
+        else other++;
+    }
+    for (int i = 0; i < ok; i++) cuMemFree_v2(p[i]);
+    free(p);
+    t_check(other == 0 && ok + oom == n && ok >= 700, "%d small allocations with the table unable to grow: %d held, %d refused",
+            n, ok, oom);
+    t_check(free_mib() == quota >> 20, "all quota back after the frees (free %zu MiB)", free_mib());
+    return 0;
+}
+
+/* shim <want>: libcuda.so.1 is a forwarding shim that looks the real
+ * driver's functions up with dlsym (tests/lib/shim_cuda.c); the hooks must
+ * reach the real driver, not themselves. */
+static int cmd_shim(int want)
+{
+    alarm(10);
+    void *h = dlopen("libcuda.so.1", RTLD_NOW);
+    __typeof__(&cuInit) init = (__typeof__(init))dlsym(h, "cuInit");
+    __typeof__(&cuDevicePrimaryCtxRetain) retain = (__typeof__(retain))dlsym(h, "cuDevicePrimaryCtxRetain");
+    __typeof__(&cuCtxSetCurrent) setcur = (__typeof__(setcur))dlsym(h, "cuCtxSetCurrent");
+    __typeof__(&cuMemAlloc_v2) alloc = (__typeof__(alloc))dlsym(h, "cuMemAlloc_v2");
+    if (!init || !retain || !setcur || !alloc) { t_check(0, "shim exports the driver API"); return 0; }
+    init(0);
+    CUcontext c;
+    retain(&c, 0);
+    setcur(c);
+    int n = 0;
+    CUdeviceptr p;
+    while (n < 64 && alloc(&p, 256 * MiB) == CUDA_SUCCESS) n++;
+    t_check(n == want, "through a forwarding libcuda.so.1: %d x 256 MiB fit (want %d)", n, want);
+    return 0;
+}
+
 /* dlsym semantics: hooks are handed out, RTLD_NEXT stays caller-relative */
 static int cmd_dlsym(void)
 {
@@ -512,6 +1023,19 @@ int main(int argc, char **argv)
     else if (!strcmp(c, "hold")) r = cmd_hold(atoi(argv[2]), argv[3]);
     else if (!strcmp(c, "fillcount")) r = cmd_fillcount();
     else if (!strcmp(c, "dlsym")) r = cmd_dlsym();
+    else if (!strcmp(c, "ctxfill")) r = cmd_ctxfill(argv[2]);
+    else if (!strcmp(c, "claims")) r = cmd_claims(atoi(argv[2]), strtoull(argv[3], 0, 10) * MiB, strtoull(argv[4], 0, 10) * MiB, argv[5]);
+    else if (!strcmp(c, "module")) r = cmd_module(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB);
+    else if (!strcmp(c, "ctxcreate")) r = cmd_ctxcreate(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB);
+    else if (!strcmp(c, "asyncfree")) r = cmd_asyncfree(strtoull(argv[2], 0, 10) * MiB);
+    else if (!strcmp(c, "pool")) r = cmd_pool(strtoull(argv[2], 0, 10) * MiB);
+    else if (!strcmp(c, "vmm")) r = cmd_vmm(strtoull(argv[2], 0, 10) * MiB);
+    else if (!strcmp(c, "pooldev")) r = cmd_pooldev(atoi(argv[2]));
+    else if (!strcmp(c, "arrays")) r = cmd_arrays(strtoull(argv[2], 0, 10) * MiB);
+    else if (!strcmp(c, "early")) r = cmd_early(atoi(argv[2]));
+    else if (!strcmp(c, "forknvml")) r = cmd_forknvml(atoi(argv[2]));
+    else if (!strcmp(c, "manysmall")) r = cmd_manysmall(atoi(argv[2]), strtoull(argv[3], 0, 10) * MiB);
+    else if (!strcmp(c, "shim")) r = cmd_shim(atoi(argv[2]));
     else fprintf(stderr, "unknown command %s\n", c);
     return r ? r : (t_failed ? 1 : 0);
 }

@@ -1,0 +1,196 @@
+/* Memory the driver takes for the process rather than for an allocation:
+ * contexts (the primary context and cuCtxCreate'd ones: hundreds of MiB
+ * each on large GPUs) and loaded modules. It is charged to the claim like
+ * an allocation, so that the claims' quotas, not quotas plus contexts, are
+ * what a GPU must hold (README "What the driver takes").
+ *
+ * Method: the device's free memory is read just before and just after the
+ * driver creates the context or loads the module; the drop, less what the
+ * claim's own processes allocated meanwhile (the region's total), is
+ * charged. Contexts are measured through NVML (no context is needed to ask
+ * it), modules through cuMemGetInfo of the current context. The error:
+ * memory processes of other claims allocate or free on the GPU during
+ * those few milliseconds is charged to (or subtracted from) this process;
+ * the charge is clamped at 0. Kernels that CUDA's lazy loading loads at
+ * their first launch are not measured. The charge is recorded even when it
+ * does not fit the quota (a noisy measurement must not break a context):
+ * the claim's next allocations are refused until it is back under. */
+#include "dispatch.h"
+#include "devices.h"
+#include "log.h"
+#include "memacct.h"
+#include <pthread.h>
+
+#define MAX_ORD 64
+static struct { int refs; uint64_t bytes; } primary[MAX_ORD];
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+static struct vgpu_dev *limited_dev(CUdevice d)
+{
+    vgpu_ensure_init();
+    if (!vgpu_cfg.mem_any) return NULL;
+    struct vgpu_dev *v = vgpu_dev_by_ordinal(d);
+    return v && v->mem_limit ? v : NULL;
+}
+
+static int nvml_free(struct vgpu_dev *d, uint64_t *f) { return vgpu_dev_nvml_free(d, f); }
+static int cuda_free(struct vgpu_dev *d, uint64_t *f)
+{
+    (void)d;
+    size_t fr = 0, t = 0;
+    if (REAL(cuMemGetInfo_v2)(&fr, &t) != CUDA_SUCCESS) return -1;
+    *f = fr;
+    return 0;
+}
+
+/* A reading of the device's free memory and of the claim's usage. */
+struct reading { uint64_t free_b, claim; };
+static int read_nvml(struct vgpu_dev *d, struct reading *r)
+{
+    r->claim = vgpu_mem_used(d);
+    return nvml_free(d, &r->free_b);
+}
+static int read_cuda(struct vgpu_dev *d, struct reading *r)
+{
+    r->claim = vgpu_mem_used(d);
+    return cuda_free(d, &r->free_b);
+}
+
+/* What the driver took between two readings, net of the claim's own
+ * allocations and frees meanwhile. */
+static uint64_t took(const struct reading *a, const struct reading *b)
+{
+    int64_t dropped = (int64_t)(a->free_b - b->free_b);
+    int64_t own = (int64_t)(b->claim - a->claim);
+    return dropped - own > 0 ? (uint64_t)(dropped - own) : 0;
+}
+
+static void charge(struct vgpu_dev *d, uint64_t bytes, const char *what)
+{
+    if (!bytes) return;
+    if (vgpu_mem_reserve(d, bytes) == 0) {
+        LOG_DEBUG("%s on %s took %llu bytes: charged", what, d->uuid, (unsigned long long)bytes);
+        return;
+    }
+    LOG_WARN("%s on %s took %llu bytes, more than the quota has left: charged, allocations are refused until "
+             "usage is back under the quota", what, d->uuid, (unsigned long long)bytes);
+    vgpu_mem_charge(d, bytes);
+}
+
+VGPU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice dev)
+{
+    struct vgpu_dev *d = limited_dev(dev);
+    if (!d || dev < 0 || dev >= MAX_ORD) return REAL(cuDevicePrimaryCtxRetain)(c, dev);
+    pthread_mutex_lock(&mu);
+    struct reading before, after;
+    int measured = primary[dev].refs == 0 && read_nvml(d, &before) == 0;
+    CUresult r = REAL(cuDevicePrimaryCtxRetain)(c, dev);
+    if (r == CUDA_SUCCESS) {
+        if (measured && read_nvml(d, &after) == 0) {
+            uint64_t b = took(&before, &after);
+            charge(d, b, "the primary context");
+            primary[dev].bytes = b;
+        }
+        primary[dev].refs++;
+    }
+    pthread_mutex_unlock(&mu);
+    return r;
+}
+
+static void primary_gone(CUdevice dev)
+{
+    struct vgpu_dev *d = vgpu_dev_by_ordinal(dev);
+    if (d && primary[dev].bytes) vgpu_mem_unreserve(d, primary[dev].bytes);
+    primary[dev].bytes = 0;
+    primary[dev].refs = 0;
+}
+
+/* The driver destroys the primary context at its last release. */
+VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    CUresult r = REAL(cuDevicePrimaryCtxRelease_v2)(dev);
+    if (r == CUDA_SUCCESS && dev >= 0 && dev < MAX_ORD && limited_dev(dev)) {
+        pthread_mutex_lock(&mu);
+        if (primary[dev].refs && --primary[dev].refs == 0) primary_gone(dev);
+        pthread_mutex_unlock(&mu);
+    }
+    return r;
+}
+
+void vgpu_drvmem_primary_reset(CUdevice dev)
+{
+    if (dev < 0 || dev >= MAX_ORD || !limited_dev(dev)) return;
+    pthread_mutex_lock(&mu);
+    primary_gone(dev);
+    pthread_mutex_unlock(&mu);
+}
+
+VGPU_EXPORT CUresult cuCtxCreate_v2(CUcontext *c, unsigned flags, CUdevice dev)
+{
+    struct vgpu_dev *d = limited_dev(dev);
+    if (!d) return REAL(cuCtxCreate_v2)(c, flags, dev);
+    if (vgpu_mem_book() != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    struct reading before, after;
+    int measured = read_nvml(d, &before) == 0;
+    CUresult r = REAL(cuCtxCreate_v2)(c, flags, dev);
+    uint64_t b = r == CUDA_SUCCESS && measured && read_nvml(d, &after) == 0 ? took(&before, &after) : 0;
+    if (r == CUDA_SUCCESS) charge(d, b, "a context");
+    if (r == CUDA_SUCCESS) vgpu_mem_track(VGPU_KIND_CTX, (uintptr_t)*c, d, b);
+    else vgpu_mem_unbook();
+    return r;
+}
+
+/* The compute limiter's per-context cleanup belongs here too. */
+VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext c)
+{
+    vgpu_ensure_init();
+    if (!vgpu_cfg.mem_any) return REAL(cuCtxDestroy_v2)(c);
+    struct vgpu_dev *d = NULL;
+    uint64_t b = 0;
+    int had = vgpu_mem_take(VGPU_KIND_CTX, (uintptr_t)c, &d, &b);
+    CUresult r = REAL(cuCtxDestroy_v2)(c);
+    if (had && r == CUDA_SUCCESS) vgpu_mem_unreserve(d, b);
+    else if (had) vgpu_mem_retrack(VGPU_KIND_CTX, (uintptr_t)c, d, b);
+    return r;
+}
+
+/* Modules: measured in the current context. */
+#define MODULE_LOAD(m, call)                                                          \
+    do {                                                                              \
+        vgpu_ensure_init();                                                           \
+        struct vgpu_dev *d_ = vgpu_cfg.mem_any ? vgpu_dev_current() : NULL;           \
+        if (!d_ || !d_->mem_limit) return call;                                       \
+        if (vgpu_mem_book() != 0) return CUDA_ERROR_OUT_OF_MEMORY;                    \
+        struct reading before_, after_;                                               \
+        int measured_ = read_cuda(d_, &before_) == 0;                                 \
+        CUresult r_ = call;                                                           \
+        uint64_t b_ = r_ == CUDA_SUCCESS && measured_ && read_cuda(d_, &after_) == 0 ? took(&before_, &after_) : 0; \
+        if (r_ == CUDA_SUCCESS) charge(d_, b_, "a module");                           \
+        if (r_ == CUDA_SUCCESS) vgpu_mem_track(VGPU_KIND_MODULE, (uintptr_t)*(m), d_, b_); \
+        else vgpu_mem_unbook();                                                       \
+        return r_;                                                                    \
+    } while (0)
+
+VGPU_EXPORT CUresult cuModuleLoad(CUmodule *m, const char *fname) { MODULE_LOAD(m, REAL(cuModuleLoad)(m, fname)); }
+VGPU_EXPORT CUresult cuModuleLoadData(CUmodule *m, const void *image) { MODULE_LOAD(m, REAL(cuModuleLoadData)(m, image)); }
+
+VGPU_EXPORT CUresult cuModuleUnload(CUmodule m)
+{
+    vgpu_ensure_init();
+    if (!vgpu_cfg.mem_any) return REAL(cuModuleUnload)(m);
+    struct vgpu_dev *d = NULL;
+    uint64_t b = 0;
+    int had = vgpu_mem_take(VGPU_KIND_MODULE, (uintptr_t)m, &d, &b);
+    CUresult r = REAL(cuModuleUnload)(m);
+    if (had && r == CUDA_SUCCESS) vgpu_mem_unreserve(d, b);
+    else if (had) vgpu_mem_retrack(VGPU_KIND_MODULE, (uintptr_t)m, d, b);
+    return r;
+}
+
+void vgpu_drvmem_atfork_child(void)
+{
+    /* a forked child has none of its parent's contexts */
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    mu = fresh;
+    for (int i = 0; i < MAX_ORD; i++) primary[i].refs = 0, primary[i].bytes = 0;
+}
