@@ -86,6 +86,10 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 // run is main without the process: it returns the exit code, so tests can
 // check what a node without GPUs or a broken profile exits with.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == probeCommand {
+		// The liveness probe: its own small flag set, no logging setup.
+		return runProbeCommand(ctx, args[1:], stdout, stderr)
+	}
 	command := ""
 	if len(args) > 0 && args[0] == inventoryCommand {
 		command, args = inventoryCommand, args[1:]
