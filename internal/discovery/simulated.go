@@ -18,6 +18,8 @@ type SimulatedDiscoverer struct {
 	nodeName string
 	profile  Profile
 	gpus     []SimulatedGPU
+	// injection is the test hook of simulated_events.go; nil in production.
+	injection *injection
 }
 
 var _ Discoverer = (*SimulatedDiscoverer)(nil)
@@ -41,6 +43,10 @@ func (d *SimulatedDiscoverer) Discover(ctx context.Context) ([]GPU, error) {
 	domain, baseBus, device := simulatedPCIBase(d.nodeName)
 	gpus := make([]GPU, 0, len(d.gpus))
 	for i, sim := range d.gpus {
+		if d.lost(i) {
+			// As NVML, which cannot describe a GPU that fell off the bus.
+			continue
+		}
 		// 0x11 is odd, so i*0x11 mod 256 is distinct for up to 256 GPUs.
 		bus := (baseBus + uint32(i)*0x11) % 256
 		// Pairs of GPUs share a PCIe switch under one root complex, as on

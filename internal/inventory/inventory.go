@@ -85,8 +85,12 @@ func DeviceName(gpu discovery.GPU) string {
 // one device per sharable GPU. GPUs in MIG mode are left out with a log line
 // (see README.md, "MIG"). The GPUs that were published are returned too, in
 // device order, for the driver's Prepare.
-func Build(ctx context.Context, nodeName string, gpus []discovery.GPU) (resourceslice.DriverResources, []discovery.GPU) {
+func Build(ctx context.Context, nodeName string, gpus []discovery.GPU, opts ...Option) (resourceslice.DriverResources, []discovery.GPU) {
 	logger := klog.FromContext(ctx)
+	var o buildOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	var devices []resourceapi.Device
 	var published []discovery.GPU
 	seen := map[string]string{}
@@ -103,7 +107,9 @@ func Build(ctx context.Context, nodeName string, gpus []discovery.GPU) (resource
 			continue
 		}
 		seen[name] = gpu.UUID
-		devices = append(devices, Device(ctx, gpu))
+		device := Device(ctx, gpu)
+		o.apply(gpu, &device)
+		devices = append(devices, device)
 		published = append(published, gpu)
 	}
 
