@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"maps"
@@ -11,10 +12,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	resourcev1 "k8s.io/client-go/kubernetes/typed/resource/v1"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
@@ -358,4 +362,110 @@ func TestDamagedCheckpointIsRebuilt(t *testing.T) {
 	}
 	e.unprepare(t, kept)
 	assertClean(t, e)
+}
+
+// TestCleanupUnpreparesClaimAllocatedElsewhere: the claim still exists
+// with its UID but its allocation now names another node's device.
+func TestCleanupUnpreparesClaimAllocatedElsewhere(t *testing.T) {
+	moved := newClaim("moved", []share{{"gpu", 0, "1Gi", "10"}})
+	stays := newClaim("stays", []share{{"gpu", 0, "1Gi", "20"}})
+	e := newEnv(t, moved, stays)
+	for _, r := range e.prepare(t, moved, stays) {
+		if r.Error != "" {
+			t.Fatal(r.Error)
+		}
+	}
+	elsewhere := moved.DeepCopy()
+	elsewhere.Status.Allocation.Devices.Results[0].Pool = "node-b"
+	if _, err := e.client.ResourceV1().ResourceClaims("default").UpdateStatus(e.ctx(), elsewhere, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.drv.cleanup(e.ctx()); n != 1 {
+		t.Fatalf("cleanup removed %d claims, want 1", n)
+	}
+	if _, ok := e.drv.store.Get(string(moved.UID)); ok {
+		t.Error("claim allocated to another node is still prepared here")
+	}
+	if r := e.reserved(t, 0); r != "20" {
+		t.Errorf("reserved=%s, want 20", r)
+	}
+}
+
+// TestSlowAPIServerDoesNotStallPrepare: during a rolling update every
+// kubelet call holds the instances' file lock; the cleanup's API requests
+// must not be made under it.
+func TestSlowAPIServerDoesNotStallPrepare(t *testing.T) {
+	slow := newClaim("slow", []share{{"gpu", 0, "1Gi", "10"}})
+	fresh := newClaim("fresh", []share{{"gpu", 1, "1Gi", "10"}})
+	root, err := os.MkdirTemp("/tmp", "hd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	e := newEnvAt(t, root, slow, fresh)
+	if r := e.prepare(t, slow)[string(slow.UID)]; r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	e.stop()
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unblock()
+	e.cfg.KubeClient = slowGetClient{Interface: e.client, slow: "slow", release: release}
+	e.cfg.RollingUpdateUID = "pod-1"
+	e.start(t)
+
+	done := make(chan int)
+	go func() { done <- e.drv.cleanup(e.ctx()) }()
+	time.Sleep(100 * time.Millisecond) // the cleanup is waiting for the API server
+
+	start := time.Now()
+	if r := e.prepare(t, fresh)[string(fresh.UID)]; r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("prepare took %v while the cleanup waited for the API server", took)
+	}
+	unblock()
+	if n := <-done; n != 0 {
+		t.Errorf("cleanup removed %d claims, want 0", n)
+	}
+}
+
+// slowGetClient is an API server that does not answer GETs of one claim
+// until release is closed (the fake clientset cannot model it: its
+// reactors run under one lock, so a slow one stalls every request).
+type slowGetClient struct {
+	kubernetes.Interface
+	slow    string
+	release chan struct{}
+}
+
+func (c slowGetClient) ResourceV1() resourcev1.ResourceV1Interface {
+	return slowGetV1{c.Interface.ResourceV1(), c}
+}
+
+type slowGetV1 struct {
+	resourcev1.ResourceV1Interface
+	c slowGetClient
+}
+
+func (v slowGetV1) ResourceClaims(namespace string) resourcev1.ResourceClaimInterface {
+	return slowGetClaims{v.ResourceV1Interface.ResourceClaims(namespace), v.c}
+}
+
+type slowGetClaims struct {
+	resourcev1.ResourceClaimInterface
+	c slowGetClient
+}
+
+func (g slowGetClaims) Get(ctx context.Context, name string, opts metav1.GetOptions) (*resourceapi.ResourceClaim, error) {
+	if name == g.c.slow {
+		select {
+		case <-g.c.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return g.ResourceClaimInterface.Get(ctx, name, opts)
 }

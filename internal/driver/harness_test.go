@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
@@ -117,7 +118,11 @@ func (e *env) start(t testing.TB) {
 	}
 	e.drv = drv
 	// Register the way the kubelet does.
-	reg, err := grpc.NewClient("unix://"+filepath.Join(e.cfg.RegistrarDir, testDriver+"-reg.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	regSock := testDriver + "-reg.sock"
+	if e.cfg.RollingUpdateUID != "" {
+		regSock = kubeletplugin.RollingUpdateRegistrarSocketFile(e.cfg.RegistrarDir, testDriver, e.cfg.RollingUpdateUID)
+	}
+	reg, err := grpc.NewClient("unix://"+filepath.Join(e.cfg.RegistrarDir, regSock), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
