@@ -2,6 +2,8 @@ package inventory_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -252,26 +254,35 @@ func TestBuildEdgeCases(t *testing.T) {
 }
 
 func TestDeviceName(t *testing.T) {
+	// UUIDs that are not DNS-label material get a hash; the expected
+	// values are written out so that a constant or unstable fallback fails.
+	hashed := func(uuid string) string {
+		sum := sha256.Sum256([]byte(uuid))
+		return "gpu-" + hex.EncodeToString(sum[:16])
+	}
 	tests := []struct {
 		uuid, want string
 	}{
 		{"GPU-8a2f3c4d-1111-2222-3333-444455556666", "gpu-8a2f3c4d-1111-2222-3333-444455556666"},
 		{"GPU-8A2F3C4D-1111-2222-3333-444455556666", "gpu-8a2f3c4d-1111-2222-3333-444455556666"},
-		// Not DNS-label material: hashed, still stable.
-		{"GPU-weird_uuid", "gpu-" + "hash"},
-		{"", "gpu-" + "hash"},
+		{"MIG-8a2f3c4d-1111-2222-3333-444455556666", "gpu-mig-8a2f3c4d-1111-2222-3333-444455556666"},
+		{"GPU-weird_uuid", "gpu-1e19d7b905c2621d734627731f66887d"},
+		{"GPU-other_uuid", hashed("GPU-other_uuid")},
+		{"", hashed("")},
 	}
+	seen := map[string]string{}
 	for _, tc := range tests {
 		got := inventory.DeviceName(discovery.GPU{UUID: tc.uuid})
 		if errs := validation.IsDNS1123Label(got); len(errs) > 0 {
 			t.Errorf("DeviceName(%q) = %q: %v", tc.uuid, got, errs)
 		}
-		if got != inventory.DeviceName(discovery.GPU{UUID: tc.uuid}) {
-			t.Errorf("DeviceName(%q) is not stable", tc.uuid)
-		}
-		if tc.want != "gpu-hash" && got != tc.want {
+		if got != tc.want {
 			t.Errorf("DeviceName(%q) = %q, want %q", tc.uuid, got, tc.want)
 		}
+		if other, dup := seen[got]; dup && !strings.EqualFold(other, tc.uuid) {
+			t.Errorf("DeviceName(%q) = DeviceName(%q) = %q: one of the GPUs would not be published", tc.uuid, other, got)
+		}
+		seen[got] = tc.uuid
 	}
 }
 
