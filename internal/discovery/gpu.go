@@ -28,6 +28,10 @@ type GPU struct {
 	CUDADriverVersion string
 	// MemoryBytes is the GPU's total memory as NVML reports it.
 	MemoryBytes uint64
+	// ReservedMemoryBytes is the part of MemoryBytes the driver and firmware
+	// keep for themselves (nvmlDeviceGetMemoryInfo_v2's reserved): no tenant
+	// can allocate it, so it is not offered to claims. 0 when unknown.
+	ReservedMemoryBytes uint64
 	// PCIBusID is the normalised PCI address, "0000:3b:00.0"; empty when unknown.
 	PCIBusID string
 	// PCIeRoot is the PCIe root complex the GPU hangs off, "pci0000:00"

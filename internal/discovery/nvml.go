@@ -144,6 +144,13 @@ func (d *NVMLDiscoverer) describe(ctx context.Context, index int) (GPU, error) {
 		return GPU{}, fmt.Errorf("get memory of GPU %s: %w", gpu.UUID, ret)
 	}
 	gpu.MemoryBytes = mem.Total
+	// The driver keeps part of the memory for itself; only the v2 call
+	// tells how much (drivers since R510). Without it nothing is subtracted.
+	if mem2, ret := dev.GetMemoryInfo_v2(); ret == nvml.SUCCESS && mem2.Reserved < mem.Total {
+		gpu.ReservedMemoryBytes = mem2.Reserved
+	} else if ret != nvml.SUCCESS {
+		logger.V(3).Info("NVML cannot tell the driver's reserved memory", "uuid", gpu.UUID, "err", ret)
+	}
 
 	// Everything below only adds attributes; a GPU that cannot tell is still
 	// usable, so missing values are logged at a low level and left empty.

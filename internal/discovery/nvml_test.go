@@ -17,6 +17,8 @@ type fakeGPU struct {
 	uuid, name  string
 	minor       int
 	memory      uint64
+	reserved    uint64      // driver-reserved memory (nvmlDeviceGetMemoryInfo_v2)
+	reservedRet nvml.Return // NVML's answer to GetMemoryInfo_v2
 	brand       nvml.BrandType
 	arch        nvml.DeviceArchitecture
 	ccMajor     int
@@ -49,6 +51,9 @@ func mockNVML(initRet nvml.Return, gpus ...fakeGPU) *mock.Interface {
 			GetMinorNumberFunc: func() (int, nvml.Return) { return g.minor, nvml.SUCCESS },
 			GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
 				return nvml.Memory{Total: g.memory, Free: g.memory}, nvml.SUCCESS
+			},
+			GetMemoryInfo_v2Func: func() (nvml.Memory_v2, nvml.Return) {
+				return nvml.Memory_v2{Total: g.memory, Reserved: g.reserved, Free: g.memory - g.reserved}, g.reservedRet
 			},
 			GetBrandFunc:        func() (nvml.BrandType, nvml.Return) { return g.brand, g.optionalRet },
 			GetArchitectureFunc: func() (nvml.DeviceArchitecture, nvml.Return) { return g.arch, g.optionalRet },
@@ -169,6 +174,27 @@ func TestNVMLDiscover(t *testing.T) {
 			want:  []GPU{},
 		},
 		{
+			name: "the driver's reserved memory is reported",
+			gpus: []fakeGPU{func() fakeGPU {
+				g := h100(0)
+				g.reserved = 527 * mib
+				return g
+			}()},
+			sysfs: sysfsWithRoot,
+			want:  []GPU{{UUID: "GPU-0a1b2c3d-0000-1111-2222-333344445555", Index: 0, Minor: 0, ProductName: "NVIDIA H100 80GB HBM3", Brand: "Nvidia", Architecture: "hopper", CUDAComputeCapability: "9.0", DriverVersion: "580.82.07", CUDADriverVersion: "13.0", MemoryBytes: 81559 * mib, ReservedMemoryBytes: 527 * mib, PCIBusID: "0000:1b:00.0", PCIeRoot: "pci0000:1a", NUMANode: 0}},
+		},
+		{
+			name: "a driver without the v2 memory call: nothing reserved",
+			gpus: []fakeGPU{func() fakeGPU {
+				g := h100(0)
+				g.reserved = 527 * mib
+				g.reservedRet = nvml.ERROR_FUNCTION_NOT_FOUND
+				return g
+			}()},
+			sysfs: sysfsWithRoot,
+			want:  []GPU{{UUID: "GPU-0a1b2c3d-0000-1111-2222-333344445555", Index: 0, Minor: 0, ProductName: "NVIDIA H100 80GB HBM3", Brand: "Nvidia", Architecture: "hopper", CUDAComputeCapability: "9.0", DriverVersion: "580.82.07", CUDADriverVersion: "13.0", MemoryBytes: 81559 * mib, PCIBusID: "0000:1b:00.0", PCIeRoot: "pci0000:1a", NUMANode: 0}},
+		},
+		{
 			name:  "a node whose driver sees no GPUs",
 			sysfs: noSysfs,
 			want:  []GPU{},
@@ -264,6 +290,9 @@ func TestDGXA100Mock(t *testing.T) {
 	for i, dev := range server.Devices {
 		numa := i / 4
 		dev.(*dgxa100.Device).GetNumaNodeIdFunc = func() (int, nvml.Return) { return numa, nvml.SUCCESS }
+		dev.(*dgxa100.Device).GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+			return nvml.Memory_v2{}, nvml.ERROR_NOT_SUPPORTED
+		}
 	}
 	d, err := OpenNVML(ctx, NVMLOptions{Library: server, SysfsRoot: t.TempDir()})
 	if err != nil {

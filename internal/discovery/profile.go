@@ -58,15 +58,19 @@ type ProfileGPU struct {
 	Architecture          string `yaml:"architecture"`
 	CUDAComputeCapability string `yaml:"cudaComputeCapability"`
 	// Memory is a Kubernetes quantity ("80Gi", "81559Mi") or a byte count.
-	Memory     string `yaml:"memory"`
-	MIGEnabled bool   `yaml:"migEnabled"`
+	Memory string `yaml:"memory"`
+	// ReservedMemory is what the simulated driver keeps for itself (NVML's
+	// reserved memory), a quantity like Memory; default 0.
+	ReservedMemory string `yaml:"reservedMemory"`
+	MIGEnabled     bool   `yaml:"migEnabled"`
 }
 
 // SimulatedGPU is one resolved GPU of a profile, before the node gives it
 // identity (UUID, PCI address).
 type SimulatedGPU struct {
 	Model
-	MIGEnabled bool
+	ReservedMemoryBytes uint64
+	MIGEnabled          bool
 }
 
 var (
@@ -263,6 +267,18 @@ func (g ProfileGPU) resolve() (SimulatedGPU, error) {
 		}
 		m.MemoryBytes = uint64(bytes)
 	}
+	var reserved uint64
+	if g.ReservedMemory != "" {
+		q, err := resource.ParseQuantity(g.ReservedMemory)
+		if err != nil {
+			return SimulatedGPU{}, fmt.Errorf("field reservedMemory: %q: %w", g.ReservedMemory, err)
+		}
+		bytes, ok := q.AsInt64()
+		if !ok || bytes < 0 || uint64(bytes) >= m.MemoryBytes {
+			return SimulatedGPU{}, fmt.Errorf("field reservedMemory: %q must be at least 0 and less than the GPU's memory", g.ReservedMemory)
+		}
+		reserved = uint64(bytes)
+	}
 	if len(m.ProductName) > 64 || strings.TrimSpace(m.ProductName) == "" {
 		return SimulatedGPU{}, fmt.Errorf("field productName: %q must be 1 to 64 characters", m.ProductName)
 	}
@@ -272,7 +288,7 @@ func (g ProfileGPU) resolve() (SimulatedGPU, error) {
 	if m.Architecture == "" {
 		m.Architecture = "unknown"
 	}
-	return SimulatedGPU{Model: m, MIGEnabled: g.MIGEnabled}, nil
+	return SimulatedGPU{Model: m, ReservedMemoryBytes: reserved, MIGEnabled: g.MIGEnabled}, nil
 }
 
 // oneLineError keeps YAML's multi-line error lists ("unmarshal errors:\n

@@ -14,6 +14,7 @@ func TestParseProfile(t *testing.T) {
 		// wantProducts lists the resolved GPUs' product names; nil with wantErr.
 		wantProducts []string
 		wantMemory   []uint64
+		wantReserved []uint64
 		// wantErr lists substrings the error must contain (line, field).
 		wantErr []string
 	}{
@@ -36,6 +37,13 @@ func TestParseProfile(t *testing.T) {
 			wantMemory:   []uint64{40960 * mib},
 		},
 		{
+			name:         "the driver's reserved memory",
+			yaml:         "gpus:\n- model: H100-80GB\n  reservedMemory: 527Mi\n- model: L4\n",
+			wantProducts: []string{"NVIDIA H100 80GB HBM3", "NVIDIA L4"},
+			wantMemory:   []uint64{81559 * mib, 23034 * mib},
+			wantReserved: []uint64{527 * mib, 0},
+		},
+		{
 			name:         "a file holding an inline profile",
 			yaml:         "8x NVIDIA A100-SXM4-80GB\n",
 			wantProducts: []string{"NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB"},
@@ -53,6 +61,8 @@ func TestParseProfile(t *testing.T) {
 		{name: "too many GPUs", yaml: "gpus:\n- model: L4\n  count: 40\n- model: T4\n  count: 40\n", wantErr: []string{"more than 64"}},
 		{name: "bad memory", yaml: "gpus:\n- model: L4\n  memory: lots\n", wantErr: []string{"line 2", "memory"}},
 		{name: "tiny memory", yaml: "gpus:\n- model: L4\n  memory: 1Ki\n", wantErr: []string{"memory", "1Mi"}},
+		{name: "reserved memory not a quantity", yaml: "gpus:\n- model: L4\n  reservedMemory: some\n", wantErr: []string{"line 2", "reservedMemory"}},
+		{name: "reserved memory beyond the GPU's", yaml: "gpus:\n- model: L4\n  reservedMemory: 24Gi\n", wantErr: []string{"reservedMemory", "less than"}},
 		{name: "own model without memory", yaml: "gpus:\n- productName: Mystery GPU\n", wantErr: []string{"line 2", "productName and memory"}},
 		{name: "bad driver version", yaml: "driverVersion: r580\ngpus: []\n", wantErr: []string{"driverVersion", "r580"}},
 		{name: "bad compute capability", yaml: "gpus:\n- model: L4\n  cudaComputeCapability: nine\n", wantErr: []string{"cudaComputeCapability"}},
@@ -94,6 +104,9 @@ func TestParseProfile(t *testing.T) {
 				}
 				if tc.wantMemory != nil && g.MemoryBytes != tc.wantMemory[i] {
 					t.Errorf("GPU %d: memory %d, want %d", i, g.MemoryBytes, tc.wantMemory[i])
+				}
+				if tc.wantReserved != nil && g.ReservedMemoryBytes != tc.wantReserved[i] {
+					t.Errorf("GPU %d: reserved memory %d, want %d", i, g.ReservedMemoryBytes, tc.wantReserved[i])
 				}
 			}
 		})

@@ -63,6 +63,7 @@ func (d *SimulatedDiscoverer) Discover(ctx context.Context) ([]GPU, error) {
 			DriverVersion:         driverVersion,
 			CUDADriverVersion:     cudaVersion,
 			MemoryBytes:           sim.MemoryBytes,
+			ReservedMemoryBytes:   sim.ReservedMemoryBytes,
 			PCIBusID:              fmt.Sprintf("%04x:%02x:%02x.0", domain, bus, device),
 			PCIeRoot:              fmt.Sprintf("pci%04x:%02x", domain, rootBus),
 			NUMANode:              i * 2 / max(len(d.gpus), 2),

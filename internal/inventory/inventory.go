@@ -142,7 +142,13 @@ func Device(ctx context.Context, gpu discovery.GPU) resourceapi.Device {
 // reserved compute (so a memory-only claim shares compute best-effort).
 func capacities(gpu discovery.GPU) map[resourceapi.QualifiedName]resourceapi.DeviceCapacity {
 	step := MemoryStep.Value()
-	total := int64(min(gpu.MemoryBytes, uint64(1)<<62))
+	// Only what tenants can allocate is offered: the driver's reserved
+	// memory is not (vgpu-core/README.md, "What the driver takes").
+	usable := gpu.MemoryBytes
+	if gpu.ReservedMemoryBytes < usable {
+		usable -= gpu.ReservedMemoryBytes
+	}
+	total := int64(min(usable, uint64(1)<<62))
 	// Round down to the step so that "default = whole GPU" is a valid
 	// value of the range even if a GPU reports a total that is not a whole
 	// number of MiB.

@@ -345,10 +345,46 @@ func dgxWithNUMA() *dgxa100.Server {
 	server := dgxa100.New()
 	for i, dev := range server.Devices {
 		dev.(*dgxa100.Device).GetNumaNodeIdFunc = dgxNUMA(i / 4)
+		// go-nvml's model predates the v2 memory call: answer as an old driver
+		dev.(*dgxa100.Device).GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+			return nvml.Memory_v2{}, nvml.ERROR_FUNCTION_NOT_FOUND
+		}
 	}
 	return server
 }
 
 func dgxNUMA(node int) func() (int, nvml.Return) {
 	return func() (int, nvml.Return) { return node, nvml.SUCCESS }
+}
+
+// TestMemoryCapacityExcludesReserved: the memory capacity (and the default a
+// request that does not mention memory consumes) is what tenants can
+// allocate, without the memory the driver reserves for itself.
+func TestMemoryCapacityExcludesReserved(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		name              string
+		total, reserved   uint64
+		wantValue, wantMx int64
+	}{
+		{name: "nothing reserved", total: 81559 * mib, reserved: 0, wantValue: 81559 * mib, wantMx: 81559 * mib},
+		{name: "H100 with 527 MiB reserved", total: 81559 * mib, reserved: 527 * mib, wantValue: 81032 * mib, wantMx: 81032 * mib},
+		{name: "reserved not a whole MiB: the policy rounds down", total: 81559 * mib, reserved: 527*mib + 1, wantValue: 81032*mib - 1, wantMx: 81031 * mib},
+		{name: "a reserved figure at least the total is ignored", total: 1024 * mib, reserved: 2048 * mib, wantValue: 1024 * mib, wantMx: 1024 * mib},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			gpu := discovery.GPU{UUID: "GPU-a", ProductName: "NVIDIA H100 80GB HBM3", MemoryBytes: tc.total,
+				ReservedMemoryBytes: tc.reserved, NUMANode: -1}
+			d := inventory.Device(ctx, gpu)
+			memory := d.Capacity[inventory.CapacityMemory]
+			if got := memory.Value.Value(); got != tc.wantValue {
+				t.Errorf("memory capacity %d, want %d", got, tc.wantValue)
+			}
+			if p := memory.RequestPolicy; p == nil || p.Default.Value() != tc.wantMx || p.ValidRange.Max.Value() != tc.wantMx {
+				t.Errorf("memory policy %+v, want default and max %d", p, tc.wantMx)
+			}
+		})
+	}
 }
