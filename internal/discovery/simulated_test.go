@@ -137,7 +137,13 @@ func TestSimulatedClusterIsUnique(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gpus, _ := d.Discover(ctx)
+		gpus, err := d.Discover(ctx)
+		if err != nil {
+			t.Fatalf("discover on %s: %v", node, err)
+		}
+		if len(gpus) != 8 {
+			t.Fatalf("%s has %d GPUs, want 8", node, len(gpus))
+		}
 		for _, g := range gpus {
 			if other, dup := uuids[g.UUID]; dup {
 				t.Fatalf("UUID %s on %s and %s", g.UUID, other, node)
