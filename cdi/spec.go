@@ -55,7 +55,20 @@ type ClaimSpec struct {
 	// claim or reservation directories. Admin-access claims (monitoring)
 	// get whole GPUs without a quota.
 	AdminAccess bool
+	// DriverEdits give the container the node's NVIDIA driver: the control
+	// device nodes that exist, the driver's libraries and binaries, and the
+	// hooks that make them usable (internal/drivercdi generates them). Nil
+	// when another CDI spec provides the driver (the NVIDIA Container
+	// Toolkit's, composed) or there is none (simulated nodes): the claim
+	// device then lists /dev/nvidiactl and /dev/nvidia-uvm* itself.
+	DriverEdits *cdispec.ContainerEdits
 }
+
+// VisibleDevicesVoid is in every claim's environment: the legacy
+// nvidia-container-runtime hook reads NVIDIA_VISIBLE_DEVICES (images such
+// as nvidia/cuda set it to "all") and would otherwise add every GPU of the
+// node to a container that was given a share of some.
+const VisibleDevicesVoid = "NVIDIA_VISIBLE_DEVICES=void"
 
 // ClaimDeviceName is the claim-wide device: env, mounts, control nodes.
 func ClaimDeviceName(uid string) string { return "claim-" + uid }
@@ -96,24 +109,31 @@ func (c ClaimSpec) node(name string) *cdispec.DeviceNode {
 // Build returns the spec with its minimal version set.
 func (c ClaimSpec) Build() (*cdispec.Spec, error) {
 	ro := []string{"ro", "nosuid", "nodev", "bind"}
-	claimDev := cdispec.Device{
-		Name: ClaimDeviceName(c.ClaimUID),
-		ContainerEdits: cdispec.ContainerEdits{
-			Env: append([]string(nil), c.Env...),
-			DeviceNodes: []*cdispec.DeviceNode{
-				c.node("nvidiactl"), c.node("nvidia-uvm"), c.node("nvidia-uvm-tools"),
-			},
-			Mounts: []*cdispec.Mount{
-				{HostPath: c.LibvgpuHostPath, ContainerPath: ContainerLibvgpuPath, Options: ro},
-				{HostPath: c.PreloadHostPath, ContainerPath: ContainerPreloadPath, Options: ro},
-				{HostPath: c.ClaimHostDir, ContainerPath: ContainerClaimDir, Options: []string{"rw", "nosuid", "nodev", "bind"}},
-				{HostPath: c.GPUStateHostDir, ContainerPath: ContainerGPUStateDir, Options: ro},
-			},
+	edits := cdispec.ContainerEdits{
+		DeviceNodes: []*cdispec.DeviceNode{
+			c.node("nvidiactl"), c.node("nvidia-uvm"), c.node("nvidia-uvm-tools"),
 		},
 	}
-	if c.AdminAccess {
-		claimDev.ContainerEdits.Mounts = nil
+	if c.DriverEdits != nil {
+		copied, err := deepCopyEdits(c.DriverEdits)
+		if err != nil {
+			return nil, err
+		}
+		edits = *copied
 	}
+	// The quota environment last: it wins over anything the driver's edits
+	// might set.
+	edits.Env = append(withoutEnv(edits.Env, c.Env, VisibleDevicesVoid), c.Env...)
+	edits.Env = append(edits.Env, VisibleDevicesVoid)
+	if !c.AdminAccess {
+		edits.Mounts = append(edits.Mounts,
+			&cdispec.Mount{HostPath: c.LibvgpuHostPath, ContainerPath: ContainerLibvgpuPath, Options: ro},
+			&cdispec.Mount{HostPath: c.PreloadHostPath, ContainerPath: ContainerPreloadPath, Options: ro},
+			&cdispec.Mount{HostPath: c.ClaimHostDir, ContainerPath: ContainerClaimDir, Options: []string{"rw", "nosuid", "nodev", "bind"}},
+			&cdispec.Mount{HostPath: c.GPUStateHostDir, ContainerPath: ContainerGPUStateDir, Options: ro},
+		)
+	}
+	claimDev := cdispec.Device{Name: ClaimDeviceName(c.ClaimUID), ContainerEdits: edits}
 	spec := &cdispec.Spec{Kind: Kind, Devices: []cdispec.Device{claimDev}}
 	for i, g := range c.GPUs {
 		spec.Devices = append(spec.Devices, cdispec.Device{
@@ -127,6 +147,36 @@ func (c ClaimSpec) Build() (*cdispec.Spec, error) {
 	}
 	spec.Version = v
 	return spec, nil
+}
+
+// deepCopyEdits copies e so that a spec never shares slices or pointers
+// with the node-wide edits every claim starts from.
+func deepCopyEdits(e *cdispec.ContainerEdits) (*cdispec.ContainerEdits, error) {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encode the driver's CDI edits: %w", err)
+	}
+	out := &cdispec.ContainerEdits{}
+	if err := json.Unmarshal(data, out); err != nil {
+		return nil, fmt.Errorf("decode the driver's CDI edits: %w", err)
+	}
+	return out, nil
+}
+
+// withoutEnv drops from env the variables that the later lists set.
+func withoutEnv(env []string, later []string, more ...string) []string {
+	names := map[string]bool{}
+	for _, kv := range append(append([]string(nil), later...), more...) {
+		name, _, _ := strings.Cut(kv, "=")
+		names[name] = true
+	}
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if name, _, _ := strings.Cut(kv, "="); !names[name] {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // Write validates spec with the CDI library and writes it atomically

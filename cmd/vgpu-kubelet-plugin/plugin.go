@@ -134,6 +134,7 @@ func driverConfig(opts options, client kubernetes.Interface) driver.Config {
 		LibvgpuHostPath:  opts.libvgpuPath,
 		DevRoot:          opts.devRoot,
 		ComposeNvidiaCDI: opts.composeNvidiaCDI,
+		DriverEdits:      opts.driver.edits,
 		NvidiaCDIKind:    opts.nvidiaCDIKind,
 		DeviceName:       inventory.DeviceName,
 		CleanupInterval:  opts.cleanupInterval,

@@ -47,6 +47,7 @@ type options struct {
 	podUID             string
 	healthPort         int
 	metricsPort        int
+	driver             driverFlags
 
 	// composeNvidiaCDISet tells an explicit --compose-nvidia-cdi from the
 	// default, which depends on --simulate.
@@ -65,7 +66,7 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.StringVar(&opts.stateDir, "state-dir", "/var/lib/hami-dra", "persistent directory for the checkpoint and per-claim state")
 	fs.StringVar(&opts.libvgpuPath, "libvgpu-path", "", "host path of libvgpu.so; must be versioned and never rewritten in place")
 	fs.StringVar(&opts.devRoot, "dev-root", "/", "host directory holding the NVIDIA device nodes (dev/nvidia*)")
-	fs.BoolVar(&opts.composeNvidiaCDI, "compose-nvidia-cdi", true, "also inject the NVIDIA Container Toolkit's CDI device per GPU (default true, false with --simulate)")
+	fs.BoolVar(&opts.composeNvidiaCDI, "compose-nvidia-cdi", false, "give claims the driver through the NVIDIA Container Toolkit's CDI device per GPU (nvidia-ctk cdi generate) instead of generating it from --driver-root; prepare checks the device exists")
 	fs.StringVar(&opts.nvidiaCDIKind, "nvidia-cdi-kind", "nvidia.com/gpu", "CDI kind of the NVIDIA Container Toolkit's devices")
 	fs.DurationVar(&opts.cleanupInterval, "cleanup-interval", time.Minute, "how often prepared claims are reconciled against the API server; negative disables")
 	fs.DurationVar(&opts.rediscoverInterval, "rediscover-interval", time.Minute, "how often GPUs are re-discovered and the ResourceSlices republished if they changed")
@@ -75,6 +76,7 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.StringVar(&opts.podUID, "pod-uid", "", "UID of the plugin's pod (downward API), for seamless rolling updates of the plugin")
 	fs.IntVar(&opts.healthPort, "health-port", 0, "port serving /healthz and /readyz (ready once ResourceSlices are published); 0 disables")
 	fs.IntVar(&opts.metricsPort, "metrics-port", 0, "port serving Prometheus /metrics; 0 disables")
+	addDriverFlags(fs, &opts.driver)
 	logConfig.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  %s [flags]            run the kubelet plugin\n  %s inventory [flags]  print the ResourceSlices this node would publish and exit\n\nKnown simulated models: %v\n\nFlags:\n", name, name, discovery.KnownModelNames())
@@ -91,8 +93,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runProbeCommand(ctx, args[1:], stdout, stderr)
 	}
 	command := ""
-	if len(args) > 0 && args[0] == inventoryCommand {
-		command, args = inventoryCommand, args[1:]
+	if len(args) > 0 && (args[0] == inventoryCommand || args[0] == waitForDriverCommand) {
+		command, args = args[0], args[1:]
 	}
 	var opts options
 	logConfig := textlogger.NewConfig(textlogger.Output(stderr))
@@ -108,9 +110,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return exitUsage
 	}
+	driverRootSet := false
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "compose-nvidia-cdi" {
 			opts.composeNvidiaCDISet = true
+		}
+		if f.Name == "driver-root" {
+			driverRootSet = true
 		}
 	})
 	if !opts.composeNvidiaCDISet && opts.simulate != "" {
@@ -132,9 +138,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch command {
 	case inventoryCommand:
 		err = runInventory(ctx, opts, stdout)
+	case waitForDriverCommand:
+		err = runWaitForDriver(ctx, opts)
 	default:
 		logger.Info("Starting", "version", version.Version, "driver", opts.driverName, "node", opts.nodeName, "simulate", opts.simulate)
-		err = runPlugin(ctx, opts)
+		if err = prepareDriverEdits(ctx, &opts, driverRootSet); err == nil {
+			err = runPlugin(ctx, opts)
+		}
 	}
 	if err != nil {
 		// One line that says what is wrong; the process exits non-zero.

@@ -20,6 +20,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
+	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/hami-dra/hami-dra/cdi"
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
@@ -55,11 +56,20 @@ type Config struct {
 	// DevRoot is the host directory that holds dev/nvidia* ("/" on a real
 	// node). Tests and simulated nodes point it elsewhere. Default "/".
 	DevRoot string
+	// DriverEdits are the CDI edits that give a container the node's NVIDIA
+	// driver (internal/drivercdi generates them from the driver root); every
+	// claim's spec includes them. Nil when ComposeNvidiaCDI is set or the
+	// node is simulated.
+	DriverEdits *cdispec.ContainerEdits
 	// ComposeNvidiaCDI makes Prepare also return the NVIDIA Container
 	// Toolkit's CDI device of each GPU (NvidiaCDIKind=<UUID>), so the
-	// runtime injects the driver's user-space libraries. Set it to false on
-	// nodes without the toolkit's CDI spec (see README "Fallback").
+	// runtime injects the driver from the toolkit's spec instead of
+	// DriverEdits. Prepare checks that the device resolves in the CDI
+	// registry of NvidiaCDISpecDirs and fails the claim if it does not.
 	ComposeNvidiaCDI bool
+	// NvidiaCDISpecDirs are the directories the runtime reads CDI specs
+	// from, as this process sees them. Default /etc/cdi and CDIRoot.
+	NvidiaCDISpecDirs []string
 	// NvidiaCDIKind is the CDI kind of the toolkit's devices. Default
 	// "nvidia.com/gpu".
 	NvidiaCDIKind string
@@ -87,6 +97,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.DevRoot == "" {
 		c.DevRoot = "/"
+	}
+	if len(c.NvidiaCDISpecDirs) == 0 {
+		c.NvidiaCDISpecDirs = []string{"/etc/cdi", c.CDIRoot}
 	}
 	if c.NvidiaCDIKind == "" {
 		c.NvidiaCDIKind = "nvidia.com/gpu"
@@ -117,6 +130,9 @@ type Driver struct {
 
 	gpusMu sync.RWMutex
 	gpus   map[string]discovery.GPU // by device name
+
+	// toolkit resolves composed toolkit devices (nil unless ComposeNvidiaCDI).
+	toolkit *toolkitDevices
 
 	claimLocks keyedMutex
 	// admitMu makes the node-wide capacity check and the recording of a
@@ -176,6 +192,11 @@ func Start(ctx context.Context, cfg Config, gpus []discovery.GPU) (*Driver, erro
 		return nil, err
 	}
 	d.store = store
+	if cfg.ComposeNvidiaCDI {
+		if d.toolkit, err = newToolkitDevices(cfg.NvidiaCDISpecDirs); err != nil {
+			return nil, err
+		}
+	}
 	d.setGPUs(gpus)
 	if err := d.withInstanceLock(func() error { return d.recover(ctx, prevBoot != bootID) }); err != nil {
 		return nil, fmt.Errorf("recover state: %w", err)

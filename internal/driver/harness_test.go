@@ -66,13 +66,23 @@ func newEnv(t testing.TB, claims ...*resourceapi.ResourceClaim) *env {
 }
 
 func newEnvAt(t testing.TB, root string, claims ...*resourceapi.ResourceClaim) *env {
-	for _, d := range []string{"p", "r", "cdi", "state", "dev", "lib/v1"} {
+	for _, d := range []string{"p", "r", "cdi", "toolkit-cdi", "state", "dev", "lib/v1"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	mustWrite(t, filepath.Join(root, "lib/v1/libvgpu.so"), "ELF")
 	mustWrite(t, filepath.Join(root, "boot_id"), "boot-1\n")
+	// The NVIDIA Container Toolkit's per-GPU spec, which the plugin composes
+	// with (ComposeNvidiaCDI) and checks for at prepare.
+	toolkit := `{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[`
+	for i, g := range testGPUs {
+		if i > 0 {
+			toolkit += ","
+		}
+		toolkit += `{"name":"` + g.UUID + `","containerEdits":{"env":["TOOLKIT_GPU=` + g.UUID + `"]}}`
+	}
+	mustWrite(t, filepath.Join(root, "toolkit-cdi", "nvidia.json"), toolkit+"]}")
 	for _, n := range []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidia1", "nvidia2"} {
 		p := filepath.Join(root, "dev", n)
 		if _, err := os.Stat(p); err != nil {
@@ -94,6 +104,7 @@ func newEnvAt(t testing.TB, root string, claims ...*resourceapi.ResourceClaim) *
 		LibvgpuHostPath: filepath.Join(root, "lib/v1/libvgpu.so"),
 		DevRoot:         root, ComposeNvidiaCDI: true,
 		BootIDPath: filepath.Join(root, "boot_id"), CleanupInterval: -1,
+		NvidiaCDISpecDirs: []string{filepath.Join(root, "toolkit-cdi")},
 	}
 	if tt, ok := t.(*testing.T); ok {
 		e.t = tt

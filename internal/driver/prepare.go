@@ -147,6 +147,11 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 	if err != nil {
 		return nil, err
 	}
+	if d.toolkit != nil {
+		if err := d.toolkit.check(d.cfg.NvidiaCDIKind, rec); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := os.Stat(d.cfg.LibvgpuHostPath); err != nil {
 		return nil, fmt.Errorf("libvgpu.so is missing on the node, refusing to start the workload without quota enforcement: %w", err)
 	}
@@ -251,6 +256,7 @@ func (d *Driver) claimSpec(uid string, rec checkpoint.Claim) cdi.ClaimSpec {
 		LibvgpuHostPath: d.cfg.LibvgpuHostPath, PreloadHostPath: d.preloadPath(),
 		ClaimHostDir: d.claimDir(uid), GPUStateHostDir: d.gpuStateDir(),
 		AdminAccess: rec.AdminAccess,
+		DriverEdits: d.cfg.DriverEdits,
 	}
 	for _, g := range rec.GPUs {
 		s.GPUs = append(s.GPUs, cdi.GPU{UUID: g.UUID, Minor: g.Minor})
