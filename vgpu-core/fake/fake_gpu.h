@@ -29,11 +29,13 @@
  *                               next context with queued work gets the GPU;
  *                               a kernel still running is preempted and
  *                               resumes in its context's next slice
- *                    In every model the streams of one context run
- *                    concurrently, an event completes when its stream
- *                    reaches it (everything before it on the stream has run
- *                    and, in alternate/slice, its context holds the GPU),
- *                    and a context with no queued work yields at once. */
+ *                    In alternate and slice the streams of one context run
+ *                    concurrently (launch keeps the original single
+ *                    timeline); in every model an event completes when its
+ *                    stream reaches it (everything before it on the stream
+ *                    has run and, in alternate/slice, its context holds the
+ *                    GPU), and a context with no queued work yields at once.
+ *   FAKE_NVML_SAMPLE_US  NVML's per-process sample period (default 166667) */
 #ifndef FAKE_GPU_H
 #define FAKE_GPU_H
 #include <stdint.h>

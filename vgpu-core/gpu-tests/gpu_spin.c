@@ -2,7 +2,14 @@
  * kernel (no nvcc needed) whose blocks spin on %globaltimer for a given time,
  * launched back to back for a given wall time. Prints the completed GPU work
  * as a share of the wall time: completed kernels x kernel time / elapsed.
- *   gpu_spin <seconds> <kernel_us> [kernel|graph] */
+ *   gpu_spin <seconds> <kernel_us> [kernel|graph]
+ *   gpu_spin <seconds> <kernel_us> pause <busy_s> <idle_s>
+ *       busy, idle (no synchronisation), busy again; prints the share of
+ *       the first second after the pause and how long the first launch after
+ *       it waited
+ *   gpu_spin <seconds> 0 overhead
+ *       empty kernels back to back: ns per launch (run with and without a
+ *       share to see the limiter's cost on a real driver) */
 #define _GNU_SOURCE
 #include "vgpu_cuda.h"
 #include <stdio.h>
@@ -12,9 +19,6 @@
 
 CUresult cuModuleLoadData(CUmodule *m, const void *image);
 CUresult cuDeviceGetAttribute(int *v, int attrib, CUdevice d);
-CUresult cuStreamBeginCapture_v2(CUstream s, int mode);
-CUresult cuStreamEndCapture(CUstream s, void **graph);
-CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, void *graph, unsigned long long flags);
 
 static const char ptx[] =
     ".version 7.0\n.target sm_70\n.address_size 64\n"
@@ -53,11 +57,42 @@ int main(int argc, char **argv)
     void *params[] = {&ns};
     CUgraphExec ge = NULL;
     if (graph) {
-        void *g;
+        CUgraph g;
         CK(cuStreamBeginCapture_v2(s, 0));
         CK(cuLaunchKernel(f, (unsigned)sms, 1, 1, 32, 1, 1, 0, s, params, NULL));
         CK(cuStreamEndCapture(s, &g));
         CK(cuGraphInstantiateWithFlags(&ge, g, 0));
+    }
+    if (argc > 3 && !strcmp(argv[3], "overhead")) {
+        /* launch cost: an empty grid, synchronised every 1000 launches */
+        unsigned long long zero = 0;
+        void *zp[] = {&zero};
+        long k = 0;
+        double t0 = now(), end = t0 + secs;
+        while (now() < end) {
+            for (int i = 0; i < 1000; i++) CK(cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, s, zp, NULL));
+            CK(cuStreamSynchronize(s));
+            k += 1000;
+        }
+        printf("overhead: %ld empty launches, %.0f ns per launch\n", k, (now() - t0) * 1e9 / k);
+        return 0;
+    }
+    if (argc > 5 && !strcmp(argv[3], "pause")) {
+        double busy = atof(argv[4]), idle = atof(argv[5]);
+        double e1 = now() + busy;
+        while (now() < e1) CK(cuLaunchKernel(f, (unsigned)sms, 1, 1, 32, 1, 1, 0, s, params, NULL));
+        struct timespec ts = {(time_t)idle, (long)((idle - (time_t)idle) * 1e9)};
+        nanosleep(&ts, NULL);
+        double r0 = now();
+        CK(cuLaunchKernel(f, (unsigned)sms, 1, 1, 32, 1, 1, 0, s, params, NULL));
+        double first = now() - r0;
+        long k = 1;
+        while (now() < r0 + 1.0) { CK(cuLaunchKernel(f, (unsigned)sms, 1, 1, 32, 1, 1, 0, s, params, NULL)); k++; }
+        CK(cuStreamSynchronize(s));
+        double wall = now() - r0;
+        printf("pause: after %.1f s idle the first launch waited %.1f ms; GPU share %.1f%% in the %.2f s after\n", idle,
+               first * 1e3, 100.0 * k * ns / 1e9 / wall, wall);
+        return 0;
     }
     double t0 = now(), end = t0 + secs;
     long n = 0;

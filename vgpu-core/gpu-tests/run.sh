@@ -89,6 +89,34 @@ for pair in "30 70" "10 90"; do
     say "spin $1% + PyTorch $2%: $sa% / $sb%"
     check "spin/torch $1/$2 within 5 pp" bash -c "$(declare -f within); within $sa $1 && within $sb $2"
 done
+
+say "== compute: busy, idle, busy under a share (the pause is not charged)"
+for sp in "10 1" "30 3" "70 10"; do
+    set -- $sp
+    out=$(claimrun a $1 "$W/spin" 0 500 pause 3 $2 | tee -a "$RES")
+    s=$(sed -n 's/.*GPU share \([0-9.]*\)%.*/\1/p' <<<"$out"); wms=$(sed -n 's/.*launch waited \([0-9.]*\) ms.*/\1/p' <<<"$out")
+    check "share $1% resumes at once after $2 s idle (first launch ${wms} ms, then $s%)" \
+        awk -v s="$s" -v w="$wms" -v t=$1 'BEGIN { exit !(w < 100 && s >= 0.9 * t && s <= 1.1 * t + 2) }'
+done
+
+say "== compute: torch.cuda.graph capture (global mode) while another thread launches, at 30%"
+grate=$(python3 "$HERE/torch_tests.py" work 6 | awk '/RESULT/ {print $3}')
+out=$(claimrun a 30 python3 "$HERE/torch_tests.py" graph 10 "$grate" 2>&1 | tail -3)
+say "$out"
+check "capture succeeds beside a launching thread under a limit" grep -q 'RESULT graph_capture PASS' <<<"$out"
+gs=$(sed -n 's/.*share \([0-9.]*\)%.*/\1/p' <<<"$out")
+check "graph replays throttled to 30% (${gs}%)" within "${gs:-0}" 30
+
+say "== compute: CuPy stream and context churn at 30%"
+out=$(claimrun a 30 python3 "$HERE/torch_tests.py" churn 10 2>&1 | tail -3)
+say "$out"
+check "stream and context churn under a limit completes" grep -q 'RESULT churn PASS' <<<"$out"
+
+say "== compute: launch overhead of empty kernels, without libvgpu and at a 50% share"
+o0=$("$W/spin" 3 0 overhead | sed -n 's/.* \([0-9]*\) ns per launch.*/\1/p')
+o50=$(claimrun a 50 "$W/spin" 3 0 overhead | sed -n 's/.* \([0-9]*\) ns per launch.*/\1/p')
+say "ns per empty launch: driver $o0, libvgpu at a 50% share $o50 (added $((o50 - o0)) ns)"
+
 say ""
 say "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

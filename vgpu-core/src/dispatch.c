@@ -122,11 +122,13 @@ static const struct { const char *base; int since; const char *suffix; } version
     {"cuCtxCreate", 12050, "_v4"}, {"cuCtxCreate", 11040, "_v3"}, {"cuCtxCreate", 3020, "_v2"},
     {"cuCtxDestroy", 4000, "_v2"},
     {"cuDevicePrimaryCtxRelease", 11000, "_v2"},
+    {"cuDevicePrimaryCtxReset", 11000, "_v2"}, {"cuStreamDestroy", 4000, "_v2"},
+    {"cuStreamBeginCapture", 10010, "_v2"},
 };
 /* Entry points that have a per-thread-default-stream variant. */
 static const char *const ptsz[] = {
     "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel", "cuGraphLaunch",
-    "cuMemAllocAsync", "cuMemFreeAsync", "cuMemAllocFromPoolAsync",
+    "cuMemAllocAsync", "cuMemFreeAsync", "cuMemAllocFromPoolAsync", "cuStreamBeginCapture",
 };
 
 void *vgpu_hook_for_proc(const char *sym, void *real_pfn, int ver, cuuint64_t flags)

@@ -25,6 +25,11 @@ X(cuDeviceGetCount, 0) X(cuDeviceGet, 0) X(cuDeviceGetUuid, 0) X(cuDeviceGetUuid
 X(cuCtxGetDevice, 0) X(cuCtxGetCurrent, 0) X(cuCtxSetCurrent, 0) \
 X(cuEventCreate, 0) X(cuEventDestroy_v2, 0) X(cuEventRecord, 0) X(cuEventQuery, 0) \
 X(cuEventElapsedTime, 0) X(cuEventSynchronize, 0) X(cuStreamIsCapturing, 0) \
+X(cuStreamDestroy_v2, 1) X(cuStreamDestroy, 1) X(cuCtxDestroy, 1) \
+X(cuDevicePrimaryCtxReset_v2, 1) X(cuDevicePrimaryCtxReset, 1) X(cuDevicePrimaryCtxRelease, 1) \
+X(cuStreamBeginCapture, 1) X(cuStreamBeginCapture_v2, 1) \
+X(cuStreamBeginCapture_ptsz, 1) X(cuStreamBeginCapture_v2_ptsz, 1) \
+X(cuThreadExchangeStreamCaptureMode, 0) X(cuDevicePrimaryCtxGetState, 0) \
 X(cuCtxCreate_v2, 1) X(cuCtxDestroy_v2, 1) X(cuDevicePrimaryCtxRetain, 1) X(cuDevicePrimaryCtxRelease_v2, 1) \
 X(cuModuleLoad, 1) X(cuModuleLoadData, 1) X(cuModuleUnload, 1) \
 X(cuMemPoolCreate, 1) X(cuMemPoolDestroy, 1) X(cuMemPoolTrimTo, 1) X(cuMemMap, 1) X(cuMemUnmap, 1) \
@@ -33,7 +38,9 @@ X(cuArrayGetMemoryRequirements, 0) X(cuMipmappedArrayGetMemoryRequirements, 0)
 
 #define VGPU_NVML_FUNCS(X) \
 X(nvmlDeviceGetMemoryInfo, 1) X(nvmlDeviceGetMemoryInfo_v2, 1) \
-X(nvmlDeviceGetUUID, 0) X(nvmlDeviceGetCount_v2, 0) X(nvmlDeviceGetHandleByIndex_v2, 0) X(nvmlInit_v2, 0)
+X(nvmlDeviceGetUUID, 0) X(nvmlDeviceGetCount_v2, 0) X(nvmlDeviceGetHandleByIndex_v2, 0) \
+X(nvmlDeviceGetHandleByUUID, 0) X(nvmlDeviceGetProcessUtilization, 0) \
+X(nvmlDeviceGetComputeRunningProcesses_v3, 0) X(nvmlInit_v2, 0)
 
 enum {
 #define VGPU_ENUM(name, hooked) H_##name,

@@ -19,6 +19,7 @@
 #include "devices.h"
 #include "log.h"
 #include "memacct.h"
+#include "limiter.h"
 #include <pthread.h>
 
 #define MAX_ORD 64
@@ -108,7 +109,7 @@ static void primary_gone(CUdevice dev)
 /* The driver destroys the primary context at its last release. */
 VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
 {
-    CUresult r = REAL(cuDevicePrimaryCtxRelease_v2)(dev);
+    CUresult r = vgpu_lim_primary_release(dev); /* the real release, and the limiter forgets the context */
     if (r == CUDA_SUCCESS && dev >= 0 && dev < MAX_ORD && limited_dev(dev)) {
         pthread_mutex_lock(&mu);
         if (primary[dev].refs && --primary[dev].refs == 0) primary_gone(dev);
@@ -144,11 +145,11 @@ VGPU_EXPORT CUresult cuCtxCreate_v2(CUcontext *c, unsigned flags, CUdevice dev)
 VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext c)
 {
     vgpu_ensure_init();
-    if (!vgpu_cfg.mem_any) return REAL(cuCtxDestroy_v2)(c);
+    if (!vgpu_cfg.mem_any) return vgpu_lim_ctx_destroy(c); /* the limiter forgets its events and bursts */
     struct vgpu_dev *d = NULL;
     uint64_t b = 0;
     int had = vgpu_mem_take(VGPU_KIND_CTX, (uintptr_t)c, &d, &b);
-    CUresult r = REAL(cuCtxDestroy_v2)(c);
+    CUresult r = vgpu_lim_ctx_destroy(c);
     if (had && r == CUDA_SUCCESS) vgpu_mem_unreserve(d, b);
     else if (had) vgpu_mem_retrack(VGPU_KIND_CTX, (uintptr_t)c, d, b);
     return r;

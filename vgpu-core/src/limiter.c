@@ -1,12 +1,31 @@
 /* Compute-share limiter: a token bucket of GPU time per claim and device, in
- * the shared region, fed at the claim's share and drained by measured GPU
- * time. Launches are grouped into bursts; each burst is bracketed by two CUDA
- * events and charged its elapsed GPU time when the end event completes.
- * Until then each launch is charged provisionally by this process's running
- * estimate of GPU time per launch, and the difference is settled when the
- * measurement arrives, so the bucket tracks real time without waiting for
- * completion. Overuse leaves the bucket negative and is paid back in the
- * following windows (README "Compute limiter"). */
+ * the shared region, fed at the claim's share and drained by the claim's GPU
+ * time (README "Compute limiter").
+ *  - Launches are grouped into bursts per context and stream. A burst has a
+ *    start event, recorded before its first launch, and an end event,
+ *    re-recorded after every launch, so the burst ends where its last kernel
+ *    ends, never where the next launch after a pause comes (idle time is not
+ *    GPU time).
+ *  - Each launch is charged provisionally (this process's running estimate
+ *    of GPU time per launch); when the end event completes the burst is
+ *    settled with its measured time.
+ *  - A time-slicing GPU interleaves other contexts' kernels with the burst,
+ *    so event time over-states the claim's own time by however much the
+ *    GPU interleaved. The driver's own per-process accounting
+ *    (nvmlDeviceGetProcessUtilization, which the container can read but not
+ *    forge) corrects it: every NVML sample period the charge made from events
+ *    is replaced by the time NVML attributes to this process, and the ratio
+ *    of the two scales the next settlements. NVML names processes by host
+ *    PID; this process's is found once, by allocating two probe buffers of
+ *    distinct sizes and finding the one process whose memory moved by exactly
+ *    them (see find_hostpid).
+ *  - Nothing here runs a potentially unsafe call where a stream capture could
+ *    see it: event polling runs in the relaxed capture mode, events are never
+ *    recorded into a capturing stream, and launches into a capture are not
+ *    charged (the graph's launches are).
+ *  - Handles: events come from a pool per context; cuStreamDestroy,
+ *    cuCtxDestroy and the primary context's reset or last release make the
+ *    limiter forget every handle of what is destroyed, in every thread. */
 #define _GNU_SOURCE
 #include "limiter.h"
 #include "devices.h"
@@ -19,76 +38,97 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int vgpu_lim_active;
 static int lim_inited;
 
 #define BURST_LAUNCHES 32             /* close a burst after this many launches */
 #define BURST_NS 2000000              /* ...or this much estimated GPU time */
-#define BURST_GAP_NS 20000            /* ...or when launches pause this long (see README) */
+#define BURST_GAP_NS 20000            /* ...or when launches pause this long */
 #define BUCKET_WINDOW_NS 100000000LL  /* the bucket holds at most share x 100 ms */
 #define REFILL_MIN_NS 20000           /* refill at most every 20 us */
 #define STATE_REREAD_NS 1000000000ull /* per-GPU reservation file: once a second */
+#define NVML_POLL_NS 40000000ull      /* read NVML's per-process samples at most this often */
+#define NVML_PERIOD_US 166667ull      /* NVML's sample period until measured (1/6 s on recent GPUs) */
+#define INFLIGHT_NS 8000000LL         /* admitted but not yet settled GPU time, per process and device */
 #define MAX_PENDING 256
 #define TL_STREAMS 4
+#define MAX_CTX 64
+#define EV_CACHE 64
+#define CKPT 2048
+#define MAX_THREADS 1024
 
-/* Per process and device: the share in force and the estimate. */
+/* Per process and device: the share in force, the estimate, the NVML state. */
 struct lim_dev {
     int limited;         /* share < 100: this device is throttled */
     int share;           /* configured share, percent */
     int allow;           /* percent this claim may use now (policy, reservations) */
     int region_dev;
-    uint64_t est_ns;     /* estimated GPU ns per launch (EMA of measurements) */
+    uint64_t est_ns;     /* provisional GPU ns per launch (EMA of settled bursts) */
+    int64_t inflight;    /* provisional ns of bursts not settled yet (atomic) */
     uint64_t state_read_ns;
     struct vgpu_dev *dev;
+    /* NVML correction, under pend_mu */
+    int nv_state;                  /* 0 not tried, 1 in use, -1 unavailable */
+    nvmlDevice_t nvh;
+    unsigned hostpid;
+    unsigned long long nv_last_us; /* newest sample timestamp seen */
+    unsigned long long nv_period_us;
+    int nv_seen, nv_learned;       /* a sample was seen; gaps between samples seen */
+    unsigned long long nv_min_gap;
+    uint64_t nv_next_poll, rec_t;  /* reconciled up to rec_t (CLOCK_MONOTONIC) */
+    double ratio;                  /* NVML's time / event time, smoothed */
+    uint64_t charged, evt;         /* cumulative ns charged from events, and raw event ns */
+    struct { uint64_t t, charged, evt; } ck[CKPT];
+    unsigned ck_n;
 };
 static struct lim_dev ldev[64];
 static int n_ldev;
 
-/* A burst open on one stream of one thread. */
+/* A burst open on one stream of one context, in one thread. */
 struct burst {
+    CUcontext ctx;       /* key for the default streams (per context), else NULL */
     CUstream stream;
-    int used;            /* this slot belongs to `stream` */
-    int open;
-    int di;              /* index into ldev */
+    CUcontext octx;      /* the context it was opened in */
+    int used, open;
+    int dead;            /* set by another thread: the stream or context was destroyed */
+    int ctx_dead;        /* ...the context: its events are gone with it */
+    int di, ci;          /* ldev and lctx indices */
     unsigned n;          /* launches so far */
+    unsigned epoch;      /* capture epoch seen when the stream was last checked */
     uint64_t prov;       /* provisional charge so far */
     uint64_t last_ns;    /* CPU time of the previous launch */
-    int eager;           /* launches are sparse: end the burst right after this launch */
-    CUevent start;
+    CUevent start, end;
 };
 static __thread struct burst tls[TL_STREAMS];
 static __thread unsigned tls_next;
 static __thread struct burst *cur_b; /* the burst of the launch in progress */
+static __thread int tls_registered;
+
+/* Every thread's bursts, so that a destroy in one thread reaches them all. */
+static struct burst *threads[MAX_THREADS];
+static pthread_mutex_t threads_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_key_t thread_key;
+static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+static unsigned capture_epoch; /* bumped at every cuStreamBeginCapture */
 
 /* Bursts waiting for their end event, process-wide, oldest first. */
-struct pending { CUevent start, end; int di; unsigned n; uint64_t prov; };
+struct pending { CUevent start, end; int di, ci; unsigned n; uint64_t prov; };
 static struct pending pend[MAX_PENDING];
 static unsigned pend_head, pend_len;
 static pthread_mutex_t pend_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* Recycled events per device (created in that device's context). */
-#define EV_CACHE 64
-static CUevent ev_free[64][EV_CACHE];
-static int ev_nfree[64];
-
-static CUevent ev_get(int di)
-{
-    CUevent e = NULL;
-    pthread_mutex_lock(&pend_mu);
-    if (ev_nfree[di]) e = ev_free[di][--ev_nfree[di]];
-    pthread_mutex_unlock(&pend_mu);
-    if (!e && REAL(cuEventCreate)(&e, CU_EVENT_DEFAULT) != CUDA_SUCCESS) e = NULL;
-    return e;
-}
-
-/* call with pend_mu held */
-static void ev_put_locked(int di, CUevent e)
-{
-    if (!e) return;
-    if (ev_nfree[di] < EV_CACHE) ev_free[di][ev_nfree[di]++] = e;
-    else REAL(cuEventDestroy_v2)(e);
-}
+/* Per context: recycled events (an event belongs to its context) and the
+ * latest end event already charged. Under pend_mu. */
+struct lim_ctx {
+    CUcontext ctx;
+    int di;
+    int nfree;
+    CUevent free[EV_CACHE];
+    CUevent covered_end;
+};
+static struct lim_ctx lctx[MAX_CTX];
 
 static uint64_t now_ns(void)
 {
@@ -98,6 +138,55 @@ static uint64_t now_ns(void)
 }
 
 static struct vgpu_region_device *rdev(struct lim_dev *l) { return &vgpu_region_get()->dev[l->region_dev]; }
+
+/* Potentially unsafe calls (event queries) run in the relaxed capture
+ * interaction mode: a capture open in this or another thread is neither
+ * refused nor invalidated by them (CUDA's cuThreadExchangeStreamCaptureMode). */
+static int relax_begin(void)
+{
+    int m = CU_STREAM_CAPTURE_MODE_RELAXED;
+    return REAL(cuThreadExchangeStreamCaptureMode)(&m) == CUDA_SUCCESS ? m : -1;
+}
+static void relax_end(int m)
+{
+    if (m >= 0) REAL(cuThreadExchangeStreamCaptureMode)(&m);
+}
+
+/* ---- contexts and their events (pend_mu held) ---- */
+static int ctx_index_locked(CUcontext c, int di)
+{
+    int freeslot = -1;
+    for (int i = 0; i < MAX_CTX; i++) {
+        if (lctx[i].ctx == c) return i;
+        if (!lctx[i].ctx && freeslot < 0) freeslot = i;
+    }
+    if (freeslot >= 0) {
+        memset(&lctx[freeslot], 0, sizeof lctx[freeslot]);
+        lctx[freeslot].ctx = c;
+        lctx[freeslot].di = di;
+    }
+    return freeslot;
+}
+
+/* An event of the current context (ci's). */
+static CUevent ev_get(int ci)
+{
+    CUevent e = NULL;
+    pthread_mutex_lock(&pend_mu);
+    if (lctx[ci].nfree) e = lctx[ci].free[--lctx[ci].nfree];
+    pthread_mutex_unlock(&pend_mu);
+    if (!e && REAL(cuEventCreate)(&e, CU_EVENT_DEFAULT) != CUDA_SUCCESS) e = NULL;
+    return e;
+}
+
+static void ev_put_locked(int ci, CUevent e)
+{
+    if (!e) return;
+    if (lctx[ci].nfree < EV_CACHE) lctx[ci].free[lctx[ci].nfree++] = e;
+    else REAL(cuEventDestroy_v2)(e);
+}
+
+/* ---- the bucket ---- */
 
 /* Reservation file: "reserved=<sum of shares on this GPU>". */
 static void read_state(struct lim_dev *l, uint64_t now)
@@ -145,10 +234,163 @@ static void refill(struct lim_dev *l, uint64_t now)
     } while (!__atomic_compare_exchange_n(&d->tokens_ns, &t, nt, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
 }
 
-/* Settle completed bursts: replace provisional charges by measured time. */
-/* Latest end event already charged, per device: bursts of several streams of
- * this process overlap on the GPU, and the overlap must be charged once. */
-static CUevent covered_end[64];
+/* Add delta to the bucket; a positive one never lifts it above its cap
+ * unless `uncapped` (a correction of charges already made, not new budget). */
+static void tokens_add(struct lim_dev *l, struct vgpu_region_device *d, int64_t delta, int uncapped)
+{
+    int64_t cap = BUCKET_WINDOW_NS * l->allow / 100;
+    int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_RELAXED), nt;
+    do {
+        nt = t + delta;
+        if (!uncapped && delta > 0 && nt > cap) nt = t > cap ? t : cap;
+    } while (!__atomic_compare_exchange_n(&d->tokens_ns, &t, nt, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+}
+
+/* ---- NVML: this process's own GPU time (pend_mu held) ---- */
+
+static int nv_list(struct lim_dev *l, nvmlProcessInfo_t *p, unsigned *n)
+{
+    unsigned cap = *n;
+    nvmlReturn_t r = REAL(nvmlDeviceGetComputeRunningProcesses_v3)(l->nvh, n, p);
+    if (r != NVML_SUCCESS) return -1;
+    if (*n > cap) *n = cap;
+    return 0;
+}
+
+static unsigned long long nv_mem_of(const nvmlProcessInfo_t *p, unsigned n, unsigned pid)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (p[i].pid == pid) return p[i].usedGpuMemory;
+    return 0;
+}
+
+/* NVML names processes by host PID, and this process may live in another PID
+ * namespace. Without guessing from timing (HAMi's slow, racy PID diffing):
+ * allocate a probe buffer of a size chosen for this process and find the
+ * processes whose NVML memory rose by that size and fell back by it when it
+ * was freed; two probes of different sizes must single out one process.
+ * A few NVML and allocation calls, once per process and device. */
+static unsigned find_hostpid(struct lim_dev *l)
+{
+    nvmlProcessInfo_t a[256], b[256], c[256];
+    unsigned cand[256], next[256], nc = 0;
+    unsigned self = (unsigned)getpid();
+    for (int round = 0; round < 2; round++) {
+        /* 2 MiB pages; sizes differ per process and per round */
+        size_t size = ((size_t)(2 + round * 5 + (self + (unsigned)now_ns()) % 5)) << 21;
+        unsigned na = 256, nb = 256, ncc = 256;
+        CUdeviceptr p = 0;
+        if (nv_list(l, a, &na)) return 0;
+        for (unsigned i = 0; i < na; i++)
+            if (a[i].pid == self && round == 0) return self; /* same PID namespace as the driver */
+        if (REAL(cuMemAlloc_v2)(&p, size) != CUDA_SUCCESS) return 0;
+        int okb = nv_list(l, b, &nb);
+        REAL(cuMemFree_v2)(p);
+        if (okb || nv_list(l, c, &ncc)) return 0;
+        unsigned nn = 0;
+        for (unsigned i = 0; i < nb; i++) {
+            unsigned long long before = nv_mem_of(a, na, b[i].pid), after = b[i].usedGpuMemory,
+                               back = nv_mem_of(c, ncc, b[i].pid);
+            int moved = after >= before + size && after < before + size + (2u << 20) && back + size <= after &&
+                        back + size + (2u << 20) > after;
+            if (!moved) continue;
+            int keep = round == 0;
+            for (unsigned k = 0; k < nc && !keep; k++) keep = cand[k] == b[i].pid;
+            if (keep) next[nn++] = b[i].pid;
+        }
+        memcpy(cand, next, nn * sizeof *cand);
+        nc = nn;
+        if (!nc) return 0;
+    }
+    return nc == 1 ? cand[0] : 0;
+}
+
+static void nv_setup(struct lim_dev *l)
+{
+    l->nv_state = -1;
+    if (REAL(nvmlInit_v2)() != NVML_SUCCESS) return;
+    if (REAL(nvmlDeviceGetHandleByUUID)(l->dev->uuid, &l->nvh) != NVML_SUCCESS) return;
+    l->hostpid = find_hostpid(l);
+    if (!l->hostpid) {
+        LOG_WARN("%s: this process is not identifiable in NVML's process list: compute time measured by events only",
+                 l->dev->uuid);
+        return;
+    }
+    l->ratio = 1.0;
+    l->rec_t = now_ns();
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    l->nv_last_us = (unsigned long long)rt.tv_sec * 1000000ull + (unsigned long long)rt.tv_nsec / 1000;
+    l->nv_period_us = NVML_PERIOD_US; /* until two samples tell */
+    l->nv_state = 1;
+    LOG_INFO("%s: NVML names this process %u", l->dev->uuid, l->hostpid);
+}
+
+/* Charges made from events up to monotonic time t. */
+static void ck_at(struct lim_dev *l, uint64_t t, uint64_t *charged, uint64_t *evt)
+{
+    *charged = 0;
+    *evt = 0;
+    for (unsigned k = 0; k < CKPT && k < l->ck_n; k++) {
+        unsigned i = (l->ck_n - 1 - k) % CKPT;
+        if (l->ck[i].t <= t) { *charged = l->ck[i].charged; *evt = l->ck[i].evt; return; }
+    }
+}
+
+/* Replace the charges made from events over each completed NVML sample
+ * period by the GPU time NVML attributes to this process in it. */
+static void nv_poll(struct lim_dev *l, uint64_t now)
+{
+    if (l->nv_state != 1 || now < l->nv_next_poll) return;
+    l->nv_next_poll = now + NVML_POLL_NS;
+    nvmlProcessUtilizationSample_t s[256];
+    unsigned n = 256;
+    nvmlReturn_t r = REAL(nvmlDeviceGetProcessUtilization)(l->nvh, s, &n, l->nv_last_us);
+    if (r == NVML_ERROR_NOT_FOUND) n = 0;
+    else if (r != NVML_SUCCESS) return;
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    uint64_t rt_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec, mono = now_ns();
+    for (;;) {
+        /* the oldest sample time not handled yet, and this process's share of it */
+        unsigned long long ts = 0;
+        for (unsigned i = 0; i < n; i++)
+            if (s[i].timeStamp > l->nv_last_us && (!ts || s[i].timeStamp < ts)) ts = s[i].timeStamp;
+        if (!ts) break;
+        unsigned own = 0;
+        for (unsigned i = 0; i < n; i++)
+            if (s[i].timeStamp == ts && s[i].pid == l->hostpid) own += s[i].smUtil;
+        if (l->nv_seen) { /* consecutive samples are a period apart, or several when the GPU idled */
+            unsigned long long d = ts - l->nv_last_us;
+            if (!l->nv_min_gap || d < l->nv_min_gap) l->nv_min_gap = d;
+            if (++l->nv_learned >= 3) l->nv_period_us = l->nv_min_gap; /* the smallest of a few gaps */
+        }
+        l->nv_seen = 1;
+        uint64_t t_end = ts * 1000 + mono - rt_ns; /* sample time on the monotonic clock */
+        if (t_end > l->rec_t) {
+            uint64_t c0, e0, c1, e1;
+            ck_at(l, l->rec_t, &c0, &e0);
+            ck_at(l, t_end, &c1, &e1);
+            uint64_t o = (uint64_t)own * l->nv_period_us * 10; /* percent of a period, in ns */
+            struct vgpu_region_device *d = rdev(l);
+            tokens_add(l, d, (int64_t)(c1 - c0) - (int64_t)o, 1);
+            __atomic_add_fetch(&d->gpu_ns_total, o, __ATOMIC_RELAXED);
+            if (e1 - e0 > 1000000) { /* enough event time to learn the ratio from */
+                double q = (double)o / (double)(e1 - e0);
+                if (q > 1) q = 1;
+                if (q < 0.02) q = 0.02;
+                l->ratio = 0.5 * l->ratio + 0.5 * q;
+            }
+            LOG_DEBUG("%s: NVML period: own %u%% = %llu us, charged %llu us from %llu us of events, ratio %.2f, tokens %lld us",
+                      l->dev->uuid, own, (unsigned long long)o / 1000, (unsigned long long)(c1 - c0) / 1000,
+                      (unsigned long long)(e1 - e0) / 1000, l->ratio, (long long)d->tokens_ns / 1000);
+            l->rec_t = t_end;
+        }
+        l->nv_last_us = ts;
+    }
+}
+
+/* ---- settling ---- */
 
 static int64_t elapsed_ns(CUevent a, CUevent b, int *ok)
 {
@@ -157,32 +399,24 @@ static int64_t elapsed_ns(CUevent a, CUevent b, int *ok)
     return (int64_t)((double)ms * 1e6);
 }
 
-/* add delta to the bucket, never above its cap */
-static void tokens_add(struct lim_dev *l, struct vgpu_region_device *d, int64_t delta)
-{
-    int64_t cap = BUCKET_WINDOW_NS * l->allow / 100;
-    int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_RELAXED), nt;
-    do {
-        nt = t + delta;
-        if (delta > 0 && nt > cap) nt = t > cap ? t : cap;
-    } while (!__atomic_compare_exchange_n(&d->tokens_ns, &t, nt, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
-}
-
 /* Settle completed bursts: replace provisional charges by measured time. */
 static void poll_pending(void)
 {
     if (pthread_mutex_trylock(&pend_mu)) return;
+    int mode = relax_begin();
+    uint64_t now = now_ns();
     while (pend_len) {
         struct pending *p = &pend[pend_head];
         CUresult q = REAL(cuEventQuery)(p->end);
         if (q == CUDA_ERROR_NOT_READY) break;
+        struct lim_ctx *c = &lctx[p->ci];
         int ok = 0, ok2 = 0;
         int64_t ns = q == CUDA_SUCCESS ? elapsed_ns(p->start, p->end, &ok) : 0;
         if (!ok || ns < 0) ns = 0;
         int keep_end = ok;
-        if (ok && covered_end[p->di]) {
+        if (ok && c->covered_end) {
             /* the part of this burst before the latest charged end was charged already */
-            int64_t overlap = elapsed_ns(p->start, covered_end[p->di], &ok2);
+            int64_t overlap = elapsed_ns(p->start, c->covered_end, &ok2);
             if (ok2 && overlap > 0) {
                 if (overlap >= ns) { ns = 0; keep_end = 0; }
                 else ns -= overlap;
@@ -190,64 +424,119 @@ static void poll_pending(void)
         }
         struct lim_dev *l = &ldev[p->di];
         struct vgpu_region_device *d = rdev(l);
-        tokens_add(l, d, (int64_t)p->prov - ns);
-        __atomic_add_fetch(&d->gpu_ns_total, (uint64_t)ns, __ATOMIC_RELAXED);
+        uint64_t charge = (uint64_t)ns;
+        if (l->nv_state == 1) {
+            charge = (uint64_t)((double)ns * l->ratio);
+            l->charged += charge;
+            l->evt += (uint64_t)ns;
+            l->ck[l->ck_n % CKPT].t = now;
+            l->ck[l->ck_n % CKPT].charged = l->charged;
+            l->ck[l->ck_n % CKPT].evt = l->evt;
+            l->ck_n++;
+        } else {
+            __atomic_add_fetch(&d->gpu_ns_total, (uint64_t)ns, __ATOMIC_RELAXED);
+        }
+        tokens_add(l, d, (int64_t)p->prov - (int64_t)charge, 0);
+        __atomic_sub_fetch(&l->inflight, (int64_t)p->prov, __ATOMIC_RELAXED);
         if (p->n) {
-            uint64_t per = (uint64_t)ns / p->n;
+            uint64_t per = charge / p->n;
             l->est_ns = (l->est_ns * 3 + per) / 4;
             if (l->est_ns < 100) l->est_ns = 100;
         }
-        ev_put_locked(p->di, p->start);
+        ev_put_locked(p->ci, p->start);
         if (keep_end) {
-            ev_put_locked(p->di, covered_end[p->di]);
-            covered_end[p->di] = p->end;
+            ev_put_locked(p->ci, c->covered_end);
+            c->covered_end = p->end;
         } else {
-            ev_put_locked(p->di, p->end);
+            ev_put_locked(p->ci, p->end);
         }
         pend_head = (pend_head + 1) % MAX_PENDING;
         pend_len--;
     }
+    for (int i = 0; i < n_ldev; i++)
+        if (ldev[i].limited) nv_poll(&ldev[i], now);
+    relax_end(mode);
     pthread_mutex_unlock(&pend_mu);
 }
 
+/* The burst's end event was recorded after its last launch: queue it for
+ * settling. */
 static void close_burst(struct burst *b)
 {
     if (!b->open) return;
     b->open = 0;
-    CUevent end = NULL;
-    if (b->n && (end = ev_get(b->di)) && REAL(cuEventRecord)(end, b->stream) == CUDA_SUCCESS) {
-        pthread_mutex_lock(&pend_mu);
-        if (pend_len < MAX_PENDING) {
-            pend[(pend_head + pend_len) % MAX_PENDING] = (struct pending){b->start, end, b->di, b->n, b->prov};
-            pend_len++;
-            pthread_mutex_unlock(&pend_mu);
-            return;
-        }
-        pthread_mutex_unlock(&pend_mu);
-    }
-    /* could not measure: the provisional charge stands */
     pthread_mutex_lock(&pend_mu);
-    ev_put_locked(b->di, end);
-    ev_put_locked(b->di, b->start);
+    if (b->n && b->end && pend_len < MAX_PENDING) {
+        pend[(pend_head + pend_len) % MAX_PENDING] = (struct pending){b->start, b->end, b->di, b->ci, b->n, b->prov};
+        pend_len++;
+    } else { /* could not measure: the provisional charge stands */
+        ev_put_locked(b->ci, b->end);
+        ev_put_locked(b->ci, b->start);
+        if (b->di >= 0) __atomic_sub_fetch(&ldev[b->di].inflight, (int64_t)b->prov, __ATOMIC_RELAXED);
+    }
     pthread_mutex_unlock(&pend_mu);
+    b->start = b->end = NULL;
 }
 
-static int lim_dev_index(void)
+/* A burst whose stream or context another thread destroyed. */
+static void drop_dead(struct burst *b)
 {
-    CUdevice dev;
-    if (REAL(cuCtxGetDevice)(&dev) != CUDA_SUCCESS || dev < 0 || dev >= n_ldev) return -1;
-    return dev;
-}
-
-static struct burst *find_burst(CUstream s)
-{
-    for (int i = 0; i < TL_STREAMS; i++)
-        if (tls[i].used && tls[i].stream == s) return &tls[i];
-    /* reuse a slot: close whatever was open there */
-    struct burst *b = &tls[tls_next++ % TL_STREAMS];
-    close_burst(b);
+    if (__atomic_load_n(&b->ctx_dead, __ATOMIC_ACQUIRE)) {
+        if (b->open && b->di >= 0) __atomic_sub_fetch(&ldev[b->di].inflight, (int64_t)b->prov, __ATOMIC_RELAXED);
+        b->start = b->end = NULL; /* destroyed with their context */
+        b->open = 0;
+    } else {
+        close_burst(b); /* its events still complete: settle it */
+    }
     memset(b, 0, sizeof *b);
+}
+
+/* ---- bursts of this thread ---- */
+
+static void thread_gone(void *p)
+{
+    pthread_mutex_lock(&threads_mu);
+    for (int i = 0; i < MAX_THREADS; i++)
+        if (threads[i] == p) threads[i] = NULL;
+    pthread_mutex_unlock(&threads_mu);
+}
+static void make_key(void) { pthread_key_create(&thread_key, thread_gone); }
+
+static void register_thread(void)
+{
+    tls_registered = 1;
+    pthread_once(&key_once, make_key);
+    pthread_mutex_lock(&threads_mu);
+    for (int i = 0; i < MAX_THREADS; i++)
+        if (!threads[i]) { threads[i] = tls; break; }
+    pthread_mutex_unlock(&threads_mu);
+    pthread_setspecific(thread_key, tls);
+}
+
+static struct burst *find_burst(CUcontext c, CUstream s)
+{
+    if (__builtin_expect(!tls_registered, 0)) register_thread();
+    for (int i = 0; i < TL_STREAMS; i++) {
+        struct burst *b = &tls[i];
+        if (b->used && b->stream == s && b->ctx == c) {
+            if (__builtin_expect(__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE), 0)) break;
+            return b;
+        }
+    }
+    for (int i = 0; i < TL_STREAMS; i++)
+        if (tls[i].used && __atomic_load_n(&tls[i].dead, __ATOMIC_ACQUIRE)) drop_dead(&tls[i]);
+    /* reuse a slot: close whatever was open there */
+    struct burst *b = NULL;
+    for (int i = 0; i < TL_STREAMS && !b; i++)
+        if (!tls[i].used) b = &tls[i];
+    if (!b) {
+        b = &tls[tls_next++ % TL_STREAMS];
+        close_burst(b);
+    }
+    memset(b, 0, sizeof *b);
+    b->ctx = c;
     b->stream = s;
+    b->di = -1;
     b->used = 1;
     return b;
 }
@@ -257,61 +546,96 @@ static int burst_full(const struct burst *b, uint64_t now)
     return b->n >= BURST_LAUNCHES || b->prov >= BURST_NS || now - b->last_ns > BURST_GAP_NS;
 }
 
-/* Slow path: open a burst, or wait for the bucket. */
-static void slow(struct burst *b, uint64_t now)
+/* Open a burst on the current context's stream: -1 if not throttled here
+ * (device not limited, stream capturing, no events). */
+static int open_burst(struct burst *b)
 {
-    if (!b->open) {
-        int di = lim_dev_index();
-        if (di < 0 || !ldev[di].limited) { b->di = -1; return; }
-        /* a stream being captured into a graph runs nothing now: the graph
-         * is charged when launched; and no events may go into the capture */
-        int cap = 0;
-        if (REAL(cuStreamIsCapturing)(b->stream, &cap) == CUDA_SUCCESS && cap) { b->di = -1; return; }
-        b->di = di;
-        b->n = 0;
-        b->prov = 0;
-        b->start = ev_get(di);
-        if (!b->start || REAL(cuEventRecord)(b->start, b->stream) != CUDA_SUCCESS) {
-            if (b->start) REAL(cuEventDestroy_v2)(b->start);
-            b->start = NULL;
-            b->di = -1;
-            return;
-        }
-        b->open = 1;
-    } else if (burst_full(b, now)) {
-        int di = b->di;
-        close_burst(b);
-        b->di = di;
-        slow(b, now);
-        return;
+    CUdevice dev;
+    b->di = -1;
+    if (REAL(cuCtxGetDevice)(&dev) != CUDA_SUCCESS || dev < 0 || dev >= n_ldev || !ldev[dev].limited) return -1;
+    if (REAL(cuCtxGetCurrent)(&b->octx) != CUDA_SUCCESS || !b->octx) return -1;
+    /* a stream being captured into a graph runs nothing now (the graph is
+     * charged when launched), and no event may go into the capture */
+    int cap = 0;
+    b->epoch = __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE);
+    if (REAL(cuStreamIsCapturing)(b->stream, &cap) != CUDA_SUCCESS || cap) return -1;
+    pthread_mutex_lock(&pend_mu);
+    int ci = ctx_index_locked(b->octx, dev);
+    if (ldev[dev].nv_state == 0) nv_setup(&ldev[dev]);
+    pthread_mutex_unlock(&pend_mu);
+    if (ci < 0) return -1;
+    b->ci = ci;
+    b->start = ev_get(ci);
+    b->end = ev_get(ci);
+    if (!b->start || !b->end || REAL(cuEventRecord)(b->start, b->stream) != CUDA_SUCCESS) {
+        pthread_mutex_lock(&pend_mu);
+        ev_put_locked(ci, b->start);
+        ev_put_locked(ci, b->end);
+        pthread_mutex_unlock(&pend_mu);
+        b->start = b->end = NULL;
+        return -1;
     }
-    struct lim_dev *l = &ldev[b->di];
+    b->di = dev;
+    b->n = 0;
+    b->prov = 0;
+    b->open = 1;
+    return 0;
+}
+
+/* Wait while the bucket is empty or too much is in flight. This thread's
+ * open bursts (other streams too) are closed first: what they admitted must
+ * be measured and settled, or it would stay in flight while we wait. */
+static void wait_budget(struct lim_dev *l, uint64_t now)
+{
+    for (int i = 0; i < TL_STREAMS; i++) {
+        if (!tls[i].used) continue;
+        if (__atomic_load_n(&tls[i].dead, __ATOMIC_ACQUIRE)) drop_dead(&tls[i]);
+        else close_burst(&tls[i]);
+    }
     struct vgpu_region_device *d = rdev(l);
-    refill(l, now);
-    poll_pending();
-    int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_SEQ_CST);
-    if (t > 0) return;
-    /* Out of budget: let the GPU see what we queued (so it is measured),
-     * then sleep until the bucket refills. */
-    int di = b->di;
-    close_burst(b);
     uint64_t t0 = now;
     d->last_demand_ns = now;
     for (;;) {
-        now = now_ns();
         refill(l, now);
         poll_pending();
-        t = __atomic_load_n(&d->tokens_ns, __ATOMIC_SEQ_CST);
-        if (t > 0) break;
-        uint64_t wait = (uint64_t)(-t) * 100 / (uint64_t)l->allow;
+        int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_SEQ_CST);
+        int64_t inf = __atomic_load_n(&l->inflight, __ATOMIC_RELAXED);
+        if (t > 0 && inf < INFLIGHT_NS) break;
+        uint64_t wait = t > 0 ? 100000 : (uint64_t)(-t) * 100 / (uint64_t)l->allow;
         if (wait > 2000000) wait = 2000000;
         if (wait < 50000) wait = 50000;
         struct timespec ts = {0, (long)wait};
         nanosleep(&ts, NULL);
+        now = now_ns();
     }
-    __atomic_add_fetch(&d->throttled_ns_total, now - t0, __ATOMIC_RELAXED);
-    b->di = di;
-    slow(b, now); /* open a new burst */
+    if (now > t0) __atomic_add_fetch(&d->throttled_ns_total, now - t0, __ATOMIC_RELAXED);
+}
+
+/* Slow path: (re)open the burst, wait for budget. */
+static void slow(struct burst *b, uint64_t now)
+{
+    if (b->open && (burst_full(b, now) || b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE)))
+        close_burst(b);
+    int di = b->di;
+    if (!b->open && di >= 0) {
+        /* settle what completed, and wait first if the budget is spent, so
+         * that what was queued is measured before more is admitted */
+        struct lim_dev *l = &ldev[di];
+        refill(l, now);
+        poll_pending();
+        if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) <= 0 ||
+            __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) >= INFLIGHT_NS)
+            wait_budget(l, now);
+    }
+    if (!b->open && open_burst(b)) return;
+    struct lim_dev *l = &ldev[b->di];
+    refill(l, now);
+    if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) > 0 &&
+        __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) < INFLIGHT_NS)
+        return;
+    close_burst(b);
+    wait_budget(l, now_ns());
+    open_burst(b);
 }
 
 void vgpu_lim_before_launch(CUstream s)
@@ -320,45 +644,44 @@ void vgpu_lim_before_launch(CUstream s)
         vgpu_lim_after_init();
         if (!vgpu_lim_active) return;
     }
-    struct burst *b = find_burst(s);
+    /* the default streams are per context */
+    CUcontext c = NULL;
+    if (!s || s == (CUstream)1 || s == CU_STREAM_PER_THREAD) REAL(cuCtxGetCurrent)(&c);
+    struct burst *b = find_burst(c, s);
     uint64_t now = now_ns(); /* vDSO, no system call */
     cur_b = NULL;
-    /* Sparse launches: a neighbour's work may be queued between them, so
-     * such a launch is measured alone, its end event recorded right after it. */
-    b->eager = b->last_ns && now - b->last_ns > BURST_GAP_NS;
-    if (__builtin_expect(!b->open || burst_full(b, now), 0)) {
-        slow(b, now);
-        if (!b->open) return; /* device not limited */
-        now = now_ns();
-    } else {
-        /* the common path: one shared load and compare */
-        struct vgpu_region_device *d = rdev(&ldev[b->di]);
-        if (__builtin_expect(__atomic_load_n(&d->tokens_ns, __ATOMIC_RELAXED) <= 0, 0)) {
-            slow(b, now);
-            if (!b->open) return;
-            now = now_ns();
+    if (__builtin_expect(!b->open || burst_full(b, now) ||
+                             b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_RELAXED) ||
+                             __atomic_load_n(&rdev(&ldev[b->di])->tokens_ns, __ATOMIC_RELAXED) <= 0 ||
+                             __atomic_load_n(&ldev[b->di].inflight, __ATOMIC_RELAXED) >= INFLIGHT_NS,
+                         0)) {
+        if (b->open && b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE)) {
+            /* a capture began somewhere: is it this stream? */
+            int cap = 0;
+            b->epoch = __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE);
+            if (REAL(cuStreamIsCapturing)(b->stream, &cap) != CUDA_SUCCESS || cap) close_burst(b);
         }
+        slow(b, now);
+        if (!b->open) return; /* not throttled here */
+        now = now_ns();
     }
     struct lim_dev *l = &ldev[b->di];
     b->last_ns = now;
     cur_b = b;
     b->n++;
     b->prov += l->est_ns;
+    __atomic_add_fetch(&l->inflight, (int64_t)l->est_ns, __ATOMIC_RELAXED);
     __atomic_sub_fetch(&rdev(l)->tokens_ns, (int64_t)l->est_ns, __ATOMIC_RELAXED);
 }
 
 void vgpu_lim_after_launch(CUstream s, CUresult r)
 {
-    (void)s;
     struct burst *b = cur_b;
     if (!b) return;
     cur_b = NULL;
     if (__builtin_expect(r == CUDA_SUCCESS, 1)) {
-        if (__builtin_expect(b->eager, 0)) {
-            int di = b->di;
-            close_burst(b);
-            b->di = di;
-        }
+        /* the burst ends after this kernel until another launch extends it */
+        if (REAL(cuEventRecord)(b->end, s) != CUDA_SUCCESS) close_burst(b);
         return;
     }
     /* a refused launch costs nothing: undo its provisional charge */
@@ -366,8 +689,122 @@ void vgpu_lim_after_launch(CUstream s, CUresult r)
     struct lim_dev *l = &ldev[b->di];
     b->n--;
     b->prov -= l->est_ns;
+    __atomic_sub_fetch(&l->inflight, (int64_t)l->est_ns, __ATOMIC_RELAXED);
     __atomic_add_fetch(&rdev(l)->tokens_ns, (int64_t)l->est_ns, __ATOMIC_RELAXED);
 }
+
+/* ---- handle lifetimes ---- */
+
+/* Mark every thread's bursts on (ctx, stream) -- stream NULL: every stream of
+ * ctx -- as dead; their owners drop them at their next launch. */
+static void mark_dead(CUcontext ctx, CUstream s, int whole_ctx)
+{
+    pthread_mutex_lock(&threads_mu);
+    for (int t = 0; t < MAX_THREADS; t++) {
+        struct burst *bs = threads[t];
+        if (!bs) continue;
+        for (int i = 0; i < TL_STREAMS; i++) {
+            struct burst *b = &bs[i];
+            if (!b->used) continue;
+            /* a created stream names its context; default streams are keyed by context */
+            int match = whole_ctx ? (b->ctx == ctx || b->octx == ctx) : b->stream == s;
+            if (!match) continue;
+            if (whole_ctx) __atomic_store_n(&b->ctx_dead, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&b->dead, 1, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&threads_mu);
+}
+
+void vgpu_lim_stream_destroy(CUstream s)
+{
+    if (!lim_inited || !vgpu_lim_active || !s) return;
+    mark_dead(NULL, s, 0);
+}
+
+/* Before the context goes (pend_mu held by the caller through the real
+ * destroy, so no poll touches its events meanwhile). */
+static void forget_ctx_locked(CUcontext c)
+{
+    for (int i = 0; i < MAX_CTX; i++) {
+        if (lctx[i].ctx != c) continue;
+        /* its bursts still pending: the provisional charge stands */
+        unsigned kept = 0;
+        for (unsigned k = 0; k < pend_len; k++) {
+            struct pending p = pend[(pend_head + k) % MAX_PENDING];
+            if (p.ci != i) pend[(pend_head + kept++) % MAX_PENDING] = p;
+            else __atomic_sub_fetch(&ldev[p.di].inflight, (int64_t)p.prov, __ATOMIC_RELAXED);
+        }
+        pend_len = kept;
+        memset(&lctx[i], 0, sizeof lctx[i]); /* its events die with it */
+    }
+}
+
+/* The driver destroys c and every event of it: no poll may touch them from
+ * here on, so pend_mu is held through the driver's call. */
+CUresult vgpu_lim_ctx_destroy(CUcontext c)
+{
+    if (!lim_inited || !vgpu_lim_active || !c) return REAL(cuCtxDestroy_v2)(c);
+    mark_dead(c, NULL, 1);
+    pthread_mutex_lock(&pend_mu);
+    forget_ctx_locked(c);
+    CUresult r = REAL(cuCtxDestroy_v2)(c);
+    pthread_mutex_unlock(&pend_mu);
+    return r;
+}
+
+/* The primary context of dev, if it is active (retaining an inactive one
+ * would create it). */
+static CUcontext primary_of(CUdevice dev)
+{
+    unsigned flags = 0;
+    int active = 0;
+    CUcontext c = NULL;
+    if (REAL(cuDevicePrimaryCtxGetState)(dev, &flags, &active) != CUDA_SUCCESS || !active) return NULL;
+    if (REAL(cuDevicePrimaryCtxRetain)(&c, dev) != CUDA_SUCCESS) return NULL;
+    REAL(cuDevicePrimaryCtxRelease_v2)(dev);
+    return c;
+}
+
+/* The last release destroys the primary context. */
+CUresult vgpu_lim_primary_release(CUdevice dev)
+{
+    if (!lim_inited || !vgpu_lim_active) return REAL(cuDevicePrimaryCtxRelease_v2)(dev);
+    CUcontext c = primary_of(dev);
+    pthread_mutex_lock(&pend_mu);
+    CUresult r = REAL(cuDevicePrimaryCtxRelease_v2)(dev);
+    unsigned flags = 0;
+    int active = 1;
+    if (c && r == CUDA_SUCCESS && REAL(cuDevicePrimaryCtxGetState)(dev, &flags, &active) == CUDA_SUCCESS && !active) {
+        forget_ctx_locked(c);
+        pthread_mutex_unlock(&pend_mu);
+        mark_dead(c, NULL, 1);
+        return r;
+    }
+    pthread_mutex_unlock(&pend_mu);
+    return r;
+}
+
+/* A reset destroys every stream and event of the primary context. */
+CUresult vgpu_lim_primary_reset(CUdevice dev)
+{
+    if (!lim_inited || !vgpu_lim_active) return REAL(cuDevicePrimaryCtxReset_v2)(dev);
+    CUcontext c = primary_of(dev);
+    if (c) mark_dead(c, NULL, 1);
+    pthread_mutex_lock(&pend_mu);
+    if (c) forget_ctx_locked(c);
+    CUresult r = REAL(cuDevicePrimaryCtxReset_v2)(dev);
+    pthread_mutex_unlock(&pend_mu);
+    return r;
+}
+
+void vgpu_lim_capture_begin(CUstream s)
+{
+    (void)s;
+    __atomic_add_fetch(&capture_epoch, 1, __ATOMIC_ACQ_REL);
+}
+
+/* ---- set-up ---- */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 

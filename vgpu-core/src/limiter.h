@@ -12,4 +12,15 @@ void vgpu_lim_after_init(void);
 void vgpu_lim_config(void);
 void vgpu_lim_before_launch(CUstream s);
 void vgpu_lim_after_launch(CUstream s, CUresult r);
+/* Handle lifetimes: the limiter forgets every burst and event of what is
+ * destroyed, in every thread. vgpu_lim_stream_destroy runs before the
+ * driver's cuStreamDestroy; the others call the driver themselves (the real
+ * cuCtxDestroy_v2, cuDevicePrimaryCtxRelease_v2, cuDevicePrimaryCtxReset_v2),
+ * so that no event of the context is polled while it goes. */
+void vgpu_lim_stream_destroy(CUstream s);
+CUresult vgpu_lim_ctx_destroy(CUcontext c);
+CUresult vgpu_lim_primary_release(CUdevice dev);
+CUresult vgpu_lim_primary_reset(CUdevice dev);
+/* A stream capture begins: bursts re-check whether their stream captures. */
+void vgpu_lim_capture_begin(CUstream s);
 #endif

@@ -31,6 +31,10 @@ t() {
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         echo "   not ok - $name exited with $rc"; f=1
         sed 's/^/   stderr: /' "$W/stderr" | tail -5
+    elif [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+        # a program that checks nothing has not passed
+        echo "   not ok - $name printed no results (exit status $rc)"; f=1
+        sed 's/^/   stderr: /' "$W/stderr" | tail -5
     fi
     PASS=$((PASS + p)); FAIL=$((FAIL + f))
 }
