@@ -49,6 +49,15 @@ const (
 	DeviceTypeGPU = "gpu"
 )
 
+// AttrModel and AttrFamily are the product name normalised for exact
+// comparison (discovery.ModelName, discovery.ModelFamily): "a100-sxm4-80gb"
+// and "a100". DeviceClasses compare them with ==, so a class for A10 never
+// selects an A100 nor one for H20 an H200.
+const (
+	AttrModel  resourceapi.QualifiedName = "model"
+	AttrFamily resourceapi.QualifiedName = "family"
+)
+
 // MemoryStep is the granularity of the memory capacity. 1Mi, because:
 //   - NVML reports totals in whole MiB, and many are not multiples of any
 //     larger power of two (H100 80GB HBM3: 81559 MiB, L4: 23034 MiB). The API
@@ -215,6 +224,10 @@ func attributes(ctx context.Context, gpu discovery.GPU) map[resourceapi.Qualifie
 		attrs[name] = resourceapi.DeviceAttribute{VersionValue: &v}
 	}
 	putString(AttrProductName, gpu.ProductName)
+	if gpu.ProductName != "" {
+		putString(AttrModel, discovery.ModelName(gpu.ProductName))
+		putString(AttrFamily, discovery.ModelFamily(gpu.ProductName))
+	}
 	putString(AttrBrand, gpu.Brand)
 	putString(AttrArchitecture, gpu.Architecture)
 	putVersion(AttrCUDAComputeCapability, gpu.CUDAComputeCapability)
