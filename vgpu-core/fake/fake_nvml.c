@@ -108,7 +108,11 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
     if (!d || !count) return NVML_ERROR_INVALID_ARGUMENT;
     fg_engine_sync(d->idx);
     struct fg_state *st = fg_state();
-    uint64_t P = period_ns(), now = fg_now(), to_real = realtime_ns() - now;
+    /* the offset between the clocks, read once: timestamps of one period must
+     * not move between calls */
+    static uint64_t to_real;
+    uint64_t P = period_ns(), now = fg_now();
+    if (!to_real) to_real = realtime_ns() - now;
     uint64_t last = now / P; /* periods [k P, (k+1) P) with k < last are complete */
     uint64_t first = last > SAMPLE_BUF ? last - SAMPLE_BUF : 0;
     while (first < last && ((first + 1) * P + to_real) / 1000 <= lastSeen) first++;

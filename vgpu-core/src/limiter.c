@@ -362,6 +362,7 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
             if (s[i].timeStamp == ts && s[i].pid == l->hostpid) own += s[i].smUtil;
         if (l->nv_seen) { /* consecutive samples are a period apart, or several when the GPU idled */
             unsigned long long d = ts - l->nv_last_us;
+            if (d < 10000) { l->nv_last_us = ts; continue; } /* the same period again, its time stamp moved */
             if (!l->nv_min_gap || d < l->nv_min_gap) l->nv_min_gap = d;
             if (++l->nv_learned >= 3) l->nv_period_us = l->nv_min_gap; /* the smallest of a few gaps */
         }

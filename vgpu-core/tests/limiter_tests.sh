@@ -133,7 +133,7 @@ lim_report L7 "launches fetched by cuGetProcAddress (ptsz) at 40%" 1 0 1:40
 lim_report L8 "cuLaunchKernelEx at 20%" 1 0 1:20
 lim_report L9 "second GPU of a two-GPU claim at its own 25%" 1 0 1:25
 lim_report L11 "sparse launches (100 us host time between them) 30% beside a saturating 70%" 2 0 1:30 2:70
-lim_report L10 "capped 30% beside an unlimited process: 30%, not more" 2 0 1:30
+lim_report L10 "capped 30% beside an unlimited process: 30%, not more" 2 0 1:30:atmost
 lim_report L13 "three launching threads of one 40% claim" 1 0 1:40
 
 # The harness itself: a scenario whose workload never ran must count as a

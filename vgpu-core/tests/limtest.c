@@ -342,8 +342,9 @@ static int analyze(const char *statef, int argc, char **argv)
         printf("# tag %d (share %d%%, %s) per 1 s window:", tag, share, mode);
         for (int w = 0; w < nw; w++) printf(" %.1f", busy[tag][w] / 1e7);
         printf("\n");
-        double all = 0;
-        for (int w = 0; w < nw; w++) all += busy[tag][w];
+        double all = 0; /* all of its work, windows or not (a run may be shorter than one) */
+        for (uint64_t i = 0; i < n; i++)
+            if (st->trace[i].tag == (uint32_t)tag) all += (double)(st->trace[i].end - st->trace[i].start);
         if (all <= 0) { /* its workload died before launching, or never ran */
             t_check(0, "tag %d: no work of it in the trace", tag);
             continue;
@@ -367,7 +368,8 @@ static int analyze(const char *statef, int argc, char **argv)
                 if (first < 0 || (double)(a - r) < first) first = (double)(a - r);
             }
             double pct = got / 1e7, lost_ms = (share - pct) * 10;
-            t_check(pct >= share * 0.9 && pct <= share * 1.1 + 2,
+            /* above: the bucket's 100 ms of budget after a pause, and what is in flight */
+            t_check(pct >= share * 0.9 && pct <= share * 1.1 + 5,
                     "tag %d resumes at its %d%% at once: %.1f%% in the second after the pause (%.0f ms below the share, "
                     "allowed 100), first kernel %.1f ms after the resume",
                     tag, share, pct, lost_ms > 0 ? lost_ms : 0, first / 1e6);
