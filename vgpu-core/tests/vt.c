@@ -658,7 +658,7 @@ static int cmd_asyncfree(uint64_t quota)
     cuStreamCreate(&s, CU_STREAM_NON_BLOCKING);
     CUfunction k;
     cuModuleGetFunction(&k, NULL, "sleep_ns");
-    uint64_t ns = 300000000ull;
+    uint64_t ns = 1000000000ull; /* long enough that the checks below run while it does, even on a loaded machine */
     void *params[] = {&ns};
     CUdeviceptr p, q;
     CUresult r1 = cuMemAllocAsync(&p, 768 * MiB, s);
