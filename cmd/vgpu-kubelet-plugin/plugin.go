@@ -16,6 +16,7 @@ import (
 
 	"github.com/hami-dra/hami-dra/internal/discovery"
 	"github.com/hami-dra/hami-dra/internal/driver"
+	"github.com/hami-dra/hami-dra/internal/health"
 	"github.com/hami-dra/hami-dra/internal/inventory"
 	"github.com/hami-dra/hami-dra/internal/metrics"
 )
@@ -85,7 +86,11 @@ func runPlugin(ctx context.Context, opts options) error {
 	if err != nil {
 		return fmt.Errorf("discover GPUs: %w", err)
 	}
-	res, published := inventory.Build(ctx, opts.nodeName, gpus)
+	hs, err := startHealth(ctx, opts, d)
+	if err != nil {
+		return err
+	}
+	res, published := hs.build(ctx, opts.nodeName, gpus)
 	logger.Info("GPUs discovered", "found", len(gpus), "published", len(published))
 	recordInventory(len(gpus), len(published))
 
@@ -93,7 +98,11 @@ func runPlugin(ctx context.Context, opts options) error {
 	if err != nil {
 		return err
 	}
-	p, err := startPlugin(ctx, driverConfig(opts, client), published)
+	cfg := driverConfig(opts, client)
+	if hs != nil {
+		cfg.Health = hs.reporter
+	}
+	p, err := startPlugin(ctx, cfg, published)
 	if err != nil {
 		return fmt.Errorf("start driver: %w", err)
 	}
@@ -107,6 +116,16 @@ func runPlugin(ctx context.Context, opts options) error {
 		}
 		defer prometheus.Unregister(collector)
 	}
+	if hs != nil {
+		collector := health.NewCollector(hs.tracker, opts.nodeName)
+		if err := prometheus.Register(collector); err != nil {
+			return fmt.Errorf("register health metrics: %w", err)
+		}
+		defer prometheus.Unregister(collector)
+		monitorCtx, stopMonitor := context.WithCancel(ctx)
+		defer stopMonitor()
+		go hs.monitor.Run(monitorCtx)
+	}
 	err = p.PublishResources(ctx, res)
 	recordPublish(err)
 	if err != nil {
@@ -118,7 +137,7 @@ func runPlugin(ctx context.Context, opts options) error {
 
 	ticker := time.NewTicker(opts.rediscoverInterval)
 	defer ticker.Stop()
-	return republishLoop(ctx, d, p, opts.nodeName, res, ticker.C)
+	return republishWithHealth(ctx, d, p, opts.nodeName, gpus, res, ticker.C, hs)
 }
 
 // driverConfig maps the command line onto the driver's configuration.
@@ -151,28 +170,39 @@ func driverConfig(opts options, client kubernetes.Interface) driver.Config {
 // discovery keeps what was published: withdrawing every GPU because NVML
 // hiccuped once would strand the node's pods' future claims.
 func republishLoop(ctx context.Context, d discovery.Discoverer, p plugin, nodeName string, current resourceslice.DriverResources, ticks <-chan time.Time) error {
+	return republishWithHealth(ctx, d, p, nodeName, nil, current, ticks, nil)
+}
+
+// republishWithHealth is republishLoop that also republishes when a GPU's
+// health changes (hs nil: no health monitoring), from the last discovered
+// gpus.
+func republishWithHealth(ctx context.Context, d discovery.Discoverer, p plugin, nodeName string, gpus []discovery.GPU, current resourceslice.DriverResources, ticks <-chan time.Time, hs *healthState) error {
 	logger := klog.FromContext(ctx)
+	changes, unsubscribe := hs.changes()
+	defer unsubscribe()
 	for {
 		select {
 		case <-ctx.Done():
 			logger.Info("Shutting down")
 			return nil
+		case <-changes:
 		case <-ticks:
+			found, err := d.Discover(ctx)
+			if err != nil {
+				discoveryErrorsCounter.Inc()
+				logger.Error(err, "Re-discovering GPUs failed; keeping the published inventory")
+				continue
+			}
+			gpus = found
 		}
-		gpus, err := d.Discover(ctx)
-		if err != nil {
-			discoveryErrorsCounter.Inc()
-			logger.Error(err, "Re-discovering GPUs failed; keeping the published inventory")
-			continue
-		}
-		next, published := inventory.Build(ctx, nodeName, gpus)
+		next, published := hs.build(ctx, nodeName, gpus)
 		recordInventory(len(gpus), len(published))
 		if inventory.Equal(current, next) {
 			continue
 		}
 		logger.Info("GPU inventory changed; republishing", "devices", len(published))
 		p.UpdateGPUs(published)
-		err = p.PublishResources(ctx, next)
+		err := p.PublishResources(ctx, next)
 		recordPublish(err)
 		if err != nil {
 			// Retried on the next tick: current stays the old inventory.

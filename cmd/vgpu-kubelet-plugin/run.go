@@ -47,6 +47,7 @@ type options struct {
 	podUID             string
 	healthPort         int
 	metricsPort        int
+	health             healthOptions
 	driver             driverFlags
 
 	// composeNvidiaCDISet tells an explicit --compose-nvidia-cdi from the
@@ -77,6 +78,7 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.IntVar(&opts.healthPort, "health-port", 0, "port serving /healthz and /readyz (ready once ResourceSlices are published); 0 disables")
 	fs.IntVar(&opts.metricsPort, "metrics-port", 0, "port serving Prometheus /metrics; 0 disables")
 	addDriverFlags(fs, &opts.driver)
+	addHealthFlags(fs, &opts.health)
 	logConfig.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  %s [flags]            run the kubelet plugin\n  %s inventory [flags]  print the ResourceSlices this node would publish and exit\n\nKnown simulated models: %v\n\nFlags:\n", name, name, discovery.KnownModelNames())
@@ -119,6 +121,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			driverRootSet = true
 		}
 	})
+	if err := checkHealthOptions(opts); err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
 	if !opts.composeNvidiaCDISet && opts.simulate != "" {
 		// Simulated nodes have no NVIDIA Container Toolkit spec to compose.
 		opts.composeNvidiaCDI = false

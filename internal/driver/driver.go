@@ -92,6 +92,14 @@ type Config struct {
 	// MaxParallelClaims bounds how many claims of one gRPC call are
 	// prepared at once. Default 16.
 	MaxParallelClaims int
+	// Health reports device health to the kubelet (KEP-4680; see
+	// internal/health). Nil: health is not reported.
+	Health HealthReporter
+}
+
+// HealthReporter is the body of WatchHealthStatus (health.Reporter).
+type HealthReporter interface {
+	WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error
 }
 
 func (c *Config) setDefaults() {
@@ -321,10 +329,14 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 	klog.FromContext(ctx).Error(err, msg)
 }
 
-// WatchHealthStatus implements kubeletplugin.DRAPlugin; device health is not
-// reported yet.
+// WatchHealthStatus implements kubeletplugin.DRAPlugin: the configured
+// HealthReporter streams each GPU's health; without one the kubelet is told
+// health is not supported.
 func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
-	return kubeletplugin.ErrHealthNotSupported
+	if d.cfg.Health == nil {
+		return kubeletplugin.ErrHealthNotSupported
+	}
+	return d.cfg.Health.WatchHealthStatus(ctx, reports)
 }
 
 // instanceLockPath is the file kubeletplugin locks to serialise calls when
