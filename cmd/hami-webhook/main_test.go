@@ -14,7 +14,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		code int
 		want string
 	}{
-		{"help", []string{"--help"}, exitOK, "--default-gpu-num"},
+		{"help", []string{"--help"}, exitOK, "-default-gpu-num int"},
 		{"no certificate", []string{}, exitUsage, "--tls-cert-file and --tls-key-file are required"},
 		{"cores above 100", []string{"--default-cores=101", "--tls-cert-file=c", "--tls-key-file=k"}, exitUsage, "default cores 101"},
 		{"bad class", []string{"--device-class=Not_A_Class", "--tls-cert-file=c", "--tls-key-file=k"}, exitUsage, "device class name"},

@@ -83,6 +83,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) Admit(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	logger := klog.FromContext(ctx).WithValues("namespace", req.Namespace, "name", req.Name, "uid", req.UID)
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
+	logger.V(4).Info("Admission request", "operation", req.Operation, "resource", req.Resource, "subResource", req.SubResource)
 	// Only pod creation is translated: a pod's resources and claims cannot
 	// change afterwards. The webhook configuration sends nothing else, but
 	// a wider configuration must not break other objects.
