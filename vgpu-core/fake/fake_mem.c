@@ -13,7 +13,8 @@
  *    its last mapping is gone;
  *  - an array's size follows its format (planar YUV, block-compressed and
  *    packed formats included) with rows padded to 512 bytes, and
- *    cuArrayGetMemoryRequirements reports that size;
+ *    cuArrayGetMemoryRequirements reports that size (for every array, or
+ *    with FAKE_ARRAY_MEMREQ=deferred only for deferred-mapping ones);
  *  - memory calls before cuInit fail with CUDA_ERROR_NOT_INITIALIZED.
  * A process's memory is returned at its normal exit; a SIGKILLed process's
  * is not (the shared state has no per-process ledger). Stream-ordered frees
@@ -40,6 +41,7 @@ struct fobj {
     uint64_t size;
     struct CUmemPoolHandle_st *pool;  /* OBJ_POOL */
     int maps, released;               /* OBJ_VMM */
+    int deferred;                     /* an array created with CUDA_ARRAY3D_DEFERRED_MAPPING */
 };
 struct CUmemPoolHandle_st {
     uint32_t magic;
@@ -491,6 +493,7 @@ static CUresult array_create(uint64_t *out, const CUDA_ARRAY3D_DESCRIPTOR *d, un
     }
     struct fobj *o = NULL;
     CUresult r = plain_on(cur, tot, OBJ_PLAIN, &o);
+    if (r == CUDA_SUCCESS) o->deferred = (d->Flags & 0x80) != 0;
     if (r == CUDA_SUCCESS) *out = (uint64_t)(uintptr_t)o;
     return r;
 }
@@ -520,10 +523,15 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *a, const CUDA_ARRAY3D_DESCRIPT
     if (r == CUDA_SUCCESS) *a = (CUmipmappedArray)(uintptr_t)o;
     LEAVE(r);
 }
+/* Whether the driver answers for arrays not created with
+ * CUDA_ARRAY3D_DEFERRED_MAPPING is not documented: FAKE_ARRAY_MEMREQ=deferred
+ * answers only for those, anything else for every array. */
 static CUresult requirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, uint64_t handle)
 {
     struct fobj *o = obj(handle, OBJ_PLAIN);
     if (!o || !req) return CUDA_ERROR_INVALID_VALUE;
+    const char *model = getenv("FAKE_ARRAY_MEMREQ");
+    if (model && !strcmp(model, "deferred") && !o->deferred) return CUDA_ERROR_INVALID_VALUE;
     memset(req, 0, sizeof *req);
     req->size = o->size;
     req->alignment = ROW_ALIGN;

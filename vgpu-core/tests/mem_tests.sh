@@ -14,7 +14,10 @@ t "pools: reserved memory stays charged until trimmed" FAKE_GPU_MEM=4g CUDA_DEVI
 t "VMM: cuMemRelease while mapped keeps the charge until the last unmap" FAKE_GPU_MEM=4g CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT vmm 1024
 t "cuMemAllocFromPoolAsync is charged to the pool's device" FAKE_GPU_COUNT=2 CUDA_DEVICE_MEMORY_LIMIT_0=1g \
     CUDA_DEVICE_MEMORY_LIMIT_1=512m -- $VT pooldev 2
-t "every array format is charged what it takes" FAKE_GPU_MEM=4g CUDA_DEVICE_MEMORY_LIMIT=256m -- $VT arrays 256
+for model in all deferred; do
+    t "every array format is charged what it takes (driver answers requirements for $model arrays)" FAKE_GPU_MEM=4g \
+        FAKE_ARRAY_MEMREQ=$model CUDA_DEVICE_MEMORY_LIMIT=256m -- $VT arrays 256
+done
 t "cuMemCreate before cuInit does not switch limits off" CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT early 4
 
 # Process lifecycle.

@@ -824,6 +824,9 @@ static int fill_arrays(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels, uint64
     static uint64_t objs[4096];
     int n = 0;
     *size = 0;
+#ifndef VGPU_REAL_GPU
+    uint64_t phys0 = fg_state()->dev[0].phys_used;
+#endif
     for (; n < 4096; n++) {
         CUresult r;
         if (levels) { CUmipmappedArray m; r = cuMipmappedArrayCreate(&m, d, levels); objs[n] = (uintptr_t)m; }
@@ -834,6 +837,10 @@ static int fill_arrays(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels, uint64
             if (levels) cuMipmappedArrayGetMemoryRequirements(&req, (CUmipmappedArray)(uintptr_t)objs[0], 0);
             else cuArrayGetMemoryRequirements(&req, (CUarray)(uintptr_t)objs[0], 0);
             *size = req.size;
+#ifndef VGPU_REAL_GPU
+            /* the driver may not say: what the fake GPU lost is the truth */
+            if (!*size) *size = fg_state()->dev[0].phys_used - phys0;
+#endif
         }
     }
     for (int i = 0; i < n; i++) {
