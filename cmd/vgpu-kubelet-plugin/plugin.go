@@ -110,7 +110,7 @@ func runPlugin(ctx context.Context, opts options) error {
 	// The claims' quota and usage metrics, next to the inventory's in the
 	// default registry that /metrics serves.
 	if src, ok := p.(metrics.Source); ok {
-		collector := metrics.NewCollector(src)
+		collector := metrics.NewCollector(src, claimMetricsOptions(ctx, opts, client)...)
 		if err := prometheus.Register(collector); err != nil {
 			return fmt.Errorf("register claim metrics: %w", err)
 		}

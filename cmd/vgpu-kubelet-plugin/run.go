@@ -48,6 +48,7 @@ type options struct {
 	healthPort         int
 	metricsPort        int
 	health             healthOptions
+	metricsPodLabels   bool
 	driver             driverFlags
 
 	// composeNvidiaCDISet tells an explicit --compose-nvidia-cdi from the
@@ -79,6 +80,7 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.IntVar(&opts.metricsPort, "metrics-port", 0, "port serving Prometheus /metrics; 0 disables")
 	addDriverFlags(fs, &opts.driver)
 	addHealthFlags(fs, &opts.health)
+	addMetricsFlags(fs, &opts.metricsPodLabels)
 	logConfig.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  %s [flags]            run the kubelet plugin\n  %s inventory [flags]  print the ResourceSlices this node would publish and exit\n\nKnown simulated models: %v\n\nFlags:\n", name, name, discovery.KnownModelNames())

@@ -276,7 +276,7 @@ func TestPluginStartsPublishesAndStops(t *testing.T) {
 		t.Errorf("/metrics lacks the published GPU count:\n%s", body)
 	}
 	// The driver's claim metrics are served by the same endpoint.
-	if !strings.Contains(body, `hami_dra_claim_cores_limit_percent{claim="c",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u"} 30`) {
+	if !strings.Contains(body, `hami_dra_claim_cores_limit_percent{claim="c",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="n1",pod="",uid="u"} 30`) {
 		t.Errorf("/metrics lacks the driver's claim metrics:\n%s", body)
 	}
 	cancel()

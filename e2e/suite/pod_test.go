@@ -80,7 +80,7 @@ func TestInsidePod(t *testing.T) {
 
 	// The plugin's metrics: the claim's quota, and the usage libvgpu
 	// accounts in the region (the holding process's 3 GiB).
-	labels := fmt.Sprintf(`{claim="%s",gpu_uuid="%s",index="0",namespace="%s",uid="%s"}`,
+	labels := fmt.Sprintf(`{claim="%s",containers="",gpu_uuid="%s",index="0",namespace="%s",node="node-a100",pod="",uid="%s"}`,
 		claim.Name, stringAttr(deviceAttributes(t)["node-a100/"+claim.Status.Allocation.Devices.Results[0].Device], "uuid"), ns, claim.UID)
 	for _, want := range []string{
 		"hami_dra_claim_memory_limit_bytes" + labels + " 2.147483648e+10",

@@ -45,7 +45,12 @@ type Source interface {
 }
 
 var (
-	claimLabels     = []string{"namespace", "claim", "uid", "gpu_uuid", "index"}
+	// claimLabels identify one claim's share of one GPU, and who holds
+	// it: the claim's pods and their containers (empty until the pods
+	// are seen; see pods.go) and the node. Cardinality is one series per
+	// prepared claim and GPU, as without the pod labels: a claim shared
+	// by many pods names at most 4 in one label value.
+	claimLabels     = []string{"namespace", "claim", "uid", "gpu_uuid", "index", "pod", "containers", "node"}
 	descClaimMemory = prometheus.NewDesc("hami_dra_claim_memory_limit_bytes",
 		"Memory quota of a prepared claim on one GPU.", claimLabels, nil)
 	descClaimCores = prometheus.NewDesc("hami_dra_claim_cores_limit_percent",
@@ -72,9 +77,28 @@ var (
 
 // NewCollector returns the collector of the quota metrics, for callers
 // that serve their own registry (e.g. prometheus.MustRegister(NewCollector(d))).
-func NewCollector(src Source) prometheus.Collector { return collector{src} }
+func NewCollector(src Source, opts ...CollectorOption) prometheus.Collector {
+	c := collector{src: src}
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
 
-type collector struct{ src Source }
+// CollectorOption adds to the claim metrics' labels.
+type CollectorOption func(*collector)
+
+// WithPods fills the pod and containers labels.
+func WithPods(p PodLookup) CollectorOption { return func(c *collector) { c.pods = p } }
+
+// WithNode fills the node label.
+func WithNode(node string) CollectorOption { return func(c *collector) { c.node = node } }
+
+type collector struct {
+	src  Source
+	pods PodLookup
+	node string
+}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClaimMemory, descClaimCores, descPrepared, descGPUMemory, descGPUCores,
@@ -88,9 +112,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	mem, cores, used := map[string]int64{}, map[string]int64{}, map[string]uint64{}
 	for _, cl := range claims {
 		usage := readUsage(cl)
+		var holders ClaimPods
+		if c.pods != nil {
+			holders = c.pods.ClaimPods(cl.Namespace, cl.Name)
+		}
 		for _, g := range cl.GPUs {
 			idx := strconv.Itoa(g.Index)
-			labels := []string{cl.Namespace, cl.Name, cl.UID, g.UUID, idx}
+			labels := []string{cl.Namespace, cl.Name, cl.UID, g.UUID, idx, holders.Pods, holders.Containers, c.node}
 			ch <- prometheus.MustNewConstMetric(descClaimMemory, prometheus.GaugeValue, float64(g.MemoryBytes), labels...)
 			ch <- prometheus.MustNewConstMetric(descClaimCores, prometheus.GaugeValue, float64(g.Cores), labels...)
 			mem[g.UUID] += g.MemoryBytes
@@ -138,7 +166,7 @@ func readUsage(cl ClaimQuota) map[string]region.Device {
 // (ready() is true: the plugin is registered with the kubelet).
 func Handler(src Source, ready func() bool) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{src}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collector{src: src}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })

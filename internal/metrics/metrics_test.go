@@ -47,13 +47,13 @@ func TestUsageFromRegion(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	body := string(b)
 	for _, want := range []string{
-		`hami_dra_claim_memory_used_bytes{claim="a",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u1"} 1.073741824e+09`,
-		`hami_dra_claim_gpu_time_seconds_total{claim="a",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u1"} 3`,
-		`hami_dra_claim_throttled_seconds_total{claim="a",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u1"} 0.5`,
-		`hami_dra_claim_memory_used_bytes{claim="b",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u2"} 0`,
-		`hami_dra_claim_memory_used_bytes{claim="c",gpu_uuid="GPU-2",index="0",namespace="ns",uid="u3"} 0`,
+		`hami_dra_claim_memory_used_bytes{claim="a",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u1"} 1.073741824e+09`,
+		`hami_dra_claim_gpu_time_seconds_total{claim="a",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u1"} 3`,
+		`hami_dra_claim_throttled_seconds_total{claim="a",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u1"} 0.5`,
+		`hami_dra_claim_memory_used_bytes{claim="b",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u2"} 0`,
+		`hami_dra_claim_memory_used_bytes{claim="c",containers="",gpu_uuid="GPU-2",index="0",namespace="ns",node="",pod="",uid="u3"} 0`,
 		`hami_dra_gpu_memory_used_bytes{gpu_uuid="GPU-1"} 1.073741824e+09`,
-		`hami_dra_claim_memory_limit_bytes{claim="b",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u2"} 1.073741824e+09`,
+		`hami_dra_claim_memory_limit_bytes{claim="b",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u2"} 1.073741824e+09`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
@@ -93,8 +93,8 @@ func TestHandler(t *testing.T) {
 	}
 	_, body := get("/metrics")
 	for _, want := range []string{
-		`hami_dra_claim_memory_limit_bytes{claim="a",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u1"} 100`,
-		`hami_dra_claim_cores_limit_percent{claim="b",gpu_uuid="GPU-1",index="0",namespace="ns",uid="u2"} 20`,
+		`hami_dra_claim_memory_limit_bytes{claim="a",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u1"} 100`,
+		`hami_dra_claim_cores_limit_percent{claim="b",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u2"} 20`,
 		`hami_dra_prepared_claims 2`,
 		`hami_dra_gpu_allocated_memory_bytes{gpu_uuid="GPU-1"} 150`,
 		`hami_dra_gpu_allocated_cores_percent{gpu_uuid="GPU-1"} 50`,
