@@ -9,6 +9,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	mockserver "github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"k8s.io/klog/v2/ktesting"
 )
 
@@ -289,8 +290,8 @@ func TestDGXA100Mock(t *testing.T) {
 	server := dgxa100.New()
 	for i, dev := range server.Devices {
 		numa := i / 4
-		dev.(*dgxa100.Device).GetNumaNodeIdFunc = func() (int, nvml.Return) { return numa, nvml.SUCCESS }
-		dev.(*dgxa100.Device).GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+		dev.(*mockserver.Device).GetNumaNodeIdFunc = func() (int, nvml.Return) { return numa, nvml.SUCCESS }
+		dev.(*mockserver.Device).GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
 			return nvml.Memory_v2{}, nvml.ERROR_NOT_SUPPORTED
 		}
 	}

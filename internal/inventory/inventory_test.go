@@ -10,6 +10,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	mockserver "github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -341,12 +342,12 @@ func TestResourceSlices(t *testing.T) {
 
 // dgxWithNUMA is go-nvml's DGX A100 mock, with the NUMA answer it lacks: the
 // first four GPUs on socket 0, the others on socket 1.
-func dgxWithNUMA() *dgxa100.Server {
+func dgxWithNUMA() *mockserver.Server {
 	server := dgxa100.New()
 	for i, dev := range server.Devices {
-		dev.(*dgxa100.Device).GetNumaNodeIdFunc = dgxNUMA(i / 4)
+		dev.(*mockserver.Device).GetNumaNodeIdFunc = dgxNUMA(i / 4)
 		// go-nvml's model predates the v2 memory call: answer as an old driver
-		dev.(*dgxa100.Device).GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+		dev.(*mockserver.Device).GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
 			return nvml.Memory_v2{}, nvml.ERROR_FUNCTION_NOT_FOUND
 		}
 	}
