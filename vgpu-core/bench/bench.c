@@ -30,16 +30,19 @@ static double now(void)
 int main(int argc, char **argv)
 {
     const char *only = argc > 1 ? argv[1] : "";
+    /* BENCH_LAUNCHES: launches per round (default 2M; fewer on a loaded machine) */
+    const char *nl = getenv("BENCH_LAUNCHES");
+    long launches = nl && atol(nl) > 0 ? atol(nl) : 2000000;
     CUcontext c;
     CUfunction f;
     cuInit(0);
     cuCtxCreate_v2(&c, 0, 0);
     cuModuleGetFunction(&f, NULL, "empty");
     if (!*only || strstr(only, "launch")) {
-        BEST("cuLaunchKernel", 2000000, cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+        BEST("cuLaunchKernel", launches, cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
         CUstream s;
         cuStreamCreate(&s, 0);
-        BEST("cuLaunchKernel_stream", 2000000, cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, s, NULL, NULL));
+        BEST("cuLaunchKernel_stream", launches, cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, s, NULL, NULL));
     }
     if (!*only || strstr(only, "alloc")) {
         CUdeviceptr p;

@@ -379,7 +379,7 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
             if (e1 - e0 > 1000000) { /* enough event time to learn the ratio from */
                 double q = (double)o / (double)(e1 - e0);
                 if (q > 1) q = 1;
-                if (q < 0.02) q = 0.02;
+                if (q < 0.001) q = 0.001;
                 l->ratio = 0.5 * l->ratio + 0.5 * q;
             }
             LOG_DEBUG("%s: NVML period: own %u%% = %llu us, charged %llu us from %llu us of events, ratio %.2f, tokens %lld us",
