@@ -22,7 +22,7 @@ t "cuMemCreate before cuInit does not switch limits off" CUDA_DEVICE_MEMORY_LIMI
 
 # Process lifecycle.
 t "a library constructor's allocations are limited" CUDA_DEVICE_MEMORY_LIMIT=1g -- $B/tests/ctortest 4
-t "fork beside an NVML polling thread: children never hang" CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT forknvml 300
+t "fork beside an NVML polling thread: children never hang" CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT forknvml 100
 t "allocation table that cannot grow: no hang, no leaked quota" CUDA_DEVICE_MEMORY_LIMIT=2g VT_FAIL_CALLOC_MIN=65536 \
     LD_PRELOAD="$B/tests/libfailcalloc.so:$PRE" -- $VT manysmall 1100 2048
 t "a forwarding libcuda.so.1 (dlsym shim) does not recurse" CUDA_DEVICE_MEMORY_LIMIT=1g \
