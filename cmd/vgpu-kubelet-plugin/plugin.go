@@ -99,6 +99,8 @@ func runPlugin(ctx context.Context, opts options) error {
 		return err
 	}
 	cfg := driverConfig(opts, client)
+	capacity := newCapacityMode(opts.capacityProbe)
+	cfg.ConsumableCapacityOff = capacity.consumableCapacityOff
 	if hs != nil {
 		cfg.Health = hs.reporter
 	}
@@ -107,6 +109,10 @@ func runPlugin(ctx context.Context, opts options) error {
 		return fmt.Errorf("start driver: %w", err)
 	}
 	defer p.Stop()
+	capacity.plugin = p
+	capacityCtx, stopCapacity := context.WithCancel(ctx)
+	defer stopCapacity()
+	go capacity.run(capacityCtx)
 	// The claims' quota and usage metrics, next to the inventory's in the
 	// default registry that /metrics serves.
 	if src, ok := p.(metrics.Source); ok {
@@ -126,7 +132,7 @@ func runPlugin(ctx context.Context, opts options) error {
 		defer stopMonitor()
 		go hs.monitor.Run(monitorCtx)
 	}
-	err = p.PublishResources(ctx, res)
+	err = capacity.PublishResources(ctx, res)
 	recordPublish(err)
 	if err != nil {
 		return fmt.Errorf("publish ResourceSlices: %w", err)
@@ -137,7 +143,7 @@ func runPlugin(ctx context.Context, opts options) error {
 
 	ticker := time.NewTicker(opts.rediscoverInterval)
 	defer ticker.Stop()
-	return republishWithHealth(ctx, d, p, opts.nodeName, gpus, res, ticker.C, hs)
+	return republishWithHealth(ctx, d, capacity, opts.nodeName, gpus, res, ticker.C, hs)
 }
 
 // driverConfig maps the command line onto the driver's configuration.

@@ -50,6 +50,7 @@ type options struct {
 	health             healthOptions
 	metricsPodLabels   bool
 	driver             driverFlags
+	capacityProbe      time.Duration
 
 	// composeNvidiaCDISet tells an explicit --compose-nvidia-cdi from the
 	// default, which depends on --simulate.
@@ -79,6 +80,7 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.IntVar(&opts.healthPort, "health-port", 0, "port serving /healthz and /readyz (ready once ResourceSlices are published); 0 disables")
 	fs.IntVar(&opts.metricsPort, "metrics-port", 0, "port serving Prometheus /metrics; 0 disables")
 	addDriverFlags(fs, &opts.driver)
+	addCapacityFlags(fs, &opts.capacityProbe)
 	addHealthFlags(fs, &opts.health)
 	addMetricsFlags(fs, &opts.metricsPodLabels)
 	logConfig.AddFlags(fs)

@@ -73,6 +73,11 @@ type Config struct {
 	// NvidiaCDIKind is the CDI kind of the toolkit's devices. Default
 	// "nvidia.com/gpu".
 	NvidiaCDIKind string
+	// ConsumableCapacityOff is called when the API server dropped the
+	// consumable-capacity fields of the published slices (the
+	// DRAConsumableCapacity feature gate is off), instead of logging the
+	// error: the caller then republishes whole GPUs.
+	ConsumableCapacityOff func()
 	// DeviceName maps a GPU to its device name in the ResourceSlice; it
 	// must be the function the inventory uses. Default inventory.DeviceName.
 	DeviceName func(discovery.GPU) string
@@ -326,6 +331,10 @@ func (d *Driver) Stop() {
 // HandleError implements kubeletplugin.DRAPlugin: background errors (slice
 // publishing) are logged; the helper retries recoverable ones.
 func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
+	if d.cfg.ConsumableCapacityOff != nil && inventory.ConsumableCapacityDisabled(err) {
+		d.cfg.ConsumableCapacityOff()
+		return
+	}
 	klog.FromContext(ctx).Error(err, msg)
 }
 

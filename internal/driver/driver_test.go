@@ -192,7 +192,6 @@ func TestBadClaimsFailAlone(t *testing.T) {
 		{newClaim("toomanycores", []share{{"gpu", 0, "1Gi", "101"}}), `cores 101 out of range`},
 		{newClaim("fractionalcores", []share{{"gpu", 0, "1Gi", "500m"}}), `cores 500m out of range`},
 		{newClaim("sumtoolarge", []share{{"a", 0, "1Gi", "60"}, {"b", 0, "1Gi", "60"}}), `add up to 120 cores`},
-		{newClaim("nocapacity", []share{{"gpu", 0, "", ""}}), `has no consumed capacity`},
 		{newClaim("nosuchdevice", []share{{"gpu", -1, "1Gi", "10"}}), `device "gpu-does-not-exist" (pool "node-a") does not exist on node node-a`},
 		{newClaim("conflictingconfigs", []share{{"a", 0, "1Gi", "10"}, {"b", 1, "1Gi", "10"}}, opaque{fromClaim, []string{"b"}, cfgJSON(`"computePolicy":"BestEffort"`)}), `resolve to different VgpuConfig settings`},
 	} {

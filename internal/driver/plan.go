@@ -173,7 +173,12 @@ func gpuLess(a, b discovery.GPU) bool {
 // quotaOf reads the share's memory and cores from ConsumedCapacity.
 func quotaOf(r resourceapi.DeviceRequestAllocationResult, gpu discovery.GPU) (mem, cores int64, err error) {
 	if len(r.ConsumedCapacity) == 0 {
-		return 0, 0, fmt.Errorf("request %q: the allocation of %s has no consumed capacity; the device must be published with allowMultipleAllocations and the %q and %q capacities (is the ResourceSlice from an older plugin?)", r.Request, r.Device, inventory.CapacityMemory, inventory.CapacityCores)
+		// DRAConsumableCapacity is off (the default on Kubernetes 1.34 and
+		// 1.35): the plugin then publishes whole GPUs, the scheduler gives
+		// each to one claim, and the allocation records no share. The
+		// claim owns the GPU: all of its memory, compute not capped. The
+		// node-wide check in admit refuses a second claim on the GPU.
+		return int64(min(gpu.MemoryBytes, uint64(1)<<62)), 0, nil
 	}
 	m, ok := r.ConsumedCapacity[inventory.CapacityMemory]
 	if !ok {
