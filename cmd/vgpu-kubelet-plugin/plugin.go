@@ -35,7 +35,7 @@ var startPlugin = func(ctx context.Context, cfg driver.Config, gpus []discovery.
 }
 
 // newKubeClient connects to the API server; tests replace it.
-var newKubeClient = func(kubeconfig string) (kubernetes.Interface, error) {
+var newKubeClient = func(kubeconfig string, qps float32, burst int) (kubernetes.Interface, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -46,6 +46,9 @@ var newKubeClient = func(kubeconfig string) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load client configuration: %w", err)
 	}
+	// Bounds what the plugin asks of the API server (the helper's claim
+	// reads, slice publication, the cleanup's checks) on every node.
+	cfg.QPS, cfg.Burst = qps, burst
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create Kubernetes client: %w", err)
@@ -94,13 +97,11 @@ func runPlugin(ctx context.Context, opts options) error {
 	logger.Info("GPUs discovered", "found", len(gpus), "published", len(published))
 	recordInventory(len(gpus), len(published))
 
-	client, err := newKubeClient(opts.kubeconfig)
+	client, err := newKubeClient(opts.kubeconfig, opts.kubeAPIQPS, opts.kubeAPIBurst)
 	if err != nil {
 		return err
 	}
 	cfg := driverConfig(opts, client)
-	capacity := newCapacityMode(opts.capacityProbe)
-	cfg.ConsumableCapacityOff = capacity.consumableCapacityOff
 	if hs != nil {
 		cfg.Health = hs.reporter
 	}
@@ -109,10 +110,9 @@ func runPlugin(ctx context.Context, opts options) error {
 		return fmt.Errorf("start driver: %w", err)
 	}
 	defer p.Stop()
-	capacity.plugin = p
-	capacityCtx, stopCapacity := context.WithCancel(ctx)
-	defer stopCapacity()
-	go capacity.run(capacityCtx)
+	if h, ok := p.(interface{ Healthy(context.Context) error }); ok {
+		ready.setCheck(h.Healthy) // /healthz: the kubelet can reach us
+	}
 	// The claims' quota and usage metrics, next to the inventory's in the
 	// default registry that /metrics serves.
 	if src, ok := p.(metrics.Source); ok {
@@ -132,7 +132,7 @@ func runPlugin(ctx context.Context, opts options) error {
 		defer stopMonitor()
 		go hs.monitor.Run(monitorCtx)
 	}
-	err = capacity.PublishResources(ctx, res)
+	err = p.PublishResources(ctx, res)
 	recordPublish(err)
 	if err != nil {
 		return fmt.Errorf("publish ResourceSlices: %w", err)
@@ -143,7 +143,8 @@ func runPlugin(ctx context.Context, opts options) error {
 
 	ticker := time.NewTicker(opts.rediscoverInterval)
 	defer ticker.Stop()
-	return republishWithHealth(ctx, d, capacity, opts.nodeName, gpus, res, ticker.C, hs)
+	ticks := ready.heartbeat(ctx, ticker.C, opts.rediscoverInterval)
+	return republishWithHealth(ctx, d, p, opts.nodeName, gpus, res, ticks, hs)
 }
 
 // driverConfig maps the command line onto the driver's configuration.

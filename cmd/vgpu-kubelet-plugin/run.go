@@ -47,10 +47,15 @@ type options struct {
 	podUID             string
 	healthPort         int
 	metricsPort        int
+	kubeAPIQPS         float32
+	kubeAPIBurst       int
 	health             healthOptions
 	metricsPodLabels   bool
 	driver             driverFlags
-	capacityProbe      time.Duration
+
+	// kubeAPIQPSFlag is --kube-api-qps as parsed (the flag package has no
+	// float32 flags).
+	kubeAPIQPSFlag float64
 
 	// composeNvidiaCDISet tells an explicit --compose-nvidia-cdi from the
 	// default, which depends on --simulate.
@@ -79,8 +84,9 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.StringVar(&opts.podUID, "pod-uid", "", "UID of the plugin's pod (downward API), for seamless rolling updates of the plugin")
 	fs.IntVar(&opts.healthPort, "health-port", 0, "port serving /healthz and /readyz (ready once ResourceSlices are published); 0 disables")
 	fs.IntVar(&opts.metricsPort, "metrics-port", 0, "port serving Prometheus /metrics; 0 disables")
+	fs.Float64Var(&opts.kubeAPIQPSFlag, "kube-api-qps", 5, "queries per second to the API server, per node (client-go's rate limit)")
+	fs.IntVar(&opts.kubeAPIBurst, "kube-api-burst", 10, "burst of queries to the API server above --kube-api-qps")
 	addDriverFlags(fs, &opts.driver)
-	addCapacityFlags(fs, &opts.capacityProbe)
 	addHealthFlags(fs, &opts.health)
 	addMetricsFlags(fs, &opts.metricsPodLabels)
 	logConfig.AddFlags(fs)
@@ -136,6 +142,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if opts.pluginDataDir == "" {
 		opts.pluginDataDir = filepath.Join("/var/lib/kubelet/plugins", opts.driverName)
 	}
+	if opts.kubeAPIQPSFlag <= 0 || opts.kubeAPIBurst <= 0 {
+		fmt.Fprintf(stderr, "--kube-api-qps (%v) and --kube-api-burst (%d) must be positive\n", opts.kubeAPIQPSFlag, opts.kubeAPIBurst)
+		return exitUsage
+	}
+	opts.kubeAPIQPS = float32(opts.kubeAPIQPSFlag)
 
 	logger := textlogger.NewLogger(logConfig)
 	// Libraries that still log through klog's global functions end up in

@@ -242,7 +242,7 @@ func replaceDriver(t *testing.T, p *fakePlugin) *driver.Config {
 		return p, nil
 	}
 	// The fake driver never talks to the API server.
-	newKubeClient = func(string) (kubernetes.Interface, error) { return nil, nil }
+	newKubeClient = func(string, float32, int) (kubernetes.Interface, error) { return nil, nil }
 	t.Cleanup(func() { startPlugin, newKubeClient = oldStart, oldClient })
 	return &got
 }

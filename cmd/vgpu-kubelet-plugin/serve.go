@@ -52,8 +52,59 @@ func recordPublish(err error) {
 
 // readiness is what /readyz reports: ready once the driver is serving and
 // the first ResourceSlices are published, so that a rolling update does not
-// stop the old pod before the new one can take claims.
-type readiness struct{ ready atomic.Bool }
+// stop the old pod before the new one can take claims. It also holds what
+// /healthz checks.
+type readiness struct {
+	ready atomic.Bool
+
+	// check reports whether the kubelet can still reach the plugin
+	// (driver.Driver.Healthy); nil until the driver runs.
+	check atomic.Pointer[func(context.Context) error]
+	// lastBeat is when the re-discovery and publication loop last took a
+	// tick (unix nanoseconds); maxSilence is how long it may go without.
+	lastBeat   atomic.Int64
+	maxSilence time.Duration
+}
+
+func (r *readiness) setCheck(check func(context.Context) error) { r.check.Store(&check) }
+
+// heartbeat forwards ticks to the loop and notes each one the loop takes:
+// a loop stuck (in a hung NVML call, say) stops taking them, and /healthz
+// fails once it has missed a few.
+func (r *readiness) heartbeat(ctx context.Context, ticks <-chan time.Time, interval time.Duration) <-chan time.Time {
+	r.maxSilence = 3*interval + time.Minute
+	r.lastBeat.Store(time.Now().UnixNano())
+	out := make(chan time.Time)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case tick := <-ticks:
+				select {
+				case out <- tick:
+					r.lastBeat.Store(time.Now().UnixNano())
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// alive is the liveness check of /healthz.
+func (r *readiness) alive(ctx context.Context) error {
+	if last := r.lastBeat.Load(); last != 0 && r.maxSilence > 0 {
+		if silent := time.Since(time.Unix(0, last)); silent > r.maxSilence {
+			return fmt.Errorf("the re-discovery and publication loop has not run for %v", silent.Round(time.Second))
+		}
+	}
+	if check := r.check.Load(); check != nil {
+		return (*check)(ctx)
+	}
+	return nil
+}
 
 // serveHTTP starts an HTTP server on port (0: none) and stops it when ctx
 // ends. Listening happens here, so a port in use is an error at start-up
@@ -88,7 +139,13 @@ func serveHTTP(ctx context.Context, name string, port int, handler http.Handler)
 
 func healthHandler(r *readiness) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, req *http.Request) {
+		// Failing makes the kubelet restart the plugin: only for what a
+		// restart repairs (sockets gone, servers or the loop stuck).
+		if err := r.alive(req.Context()); err != nil {
+			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -17,6 +17,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	resourcev1 "k8s.io/client-go/kubernetes/typed/resource/v1"
 	k8stesting "k8s.io/client-go/testing"
@@ -468,4 +469,38 @@ func (g slowGetClaims) Get(ctx context.Context, name string, opts metav1.GetOpti
 		}
 	}
 	return g.ResourceClaimInterface.Get(ctx, name, opts)
+}
+
+// TestHealthyFollowsTheSockets: /healthz's check fails once the kubelet
+// can no longer reach the plugin.
+func TestHealthyFollowsTheSockets(t *testing.T) {
+	for _, rolling := range []types.UID{"", "pod-7"} {
+		root, err := os.MkdirTemp("/tmp", "hd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(root)
+		e := newEnvAt(t, root)
+		if rolling != "" {
+			e.stop()
+			e.cfg.RollingUpdateUID = rolling
+			e.start(t)
+		}
+		if err := e.drv.Healthy(e.ctx()); err != nil {
+			t.Fatalf("rolling=%q: healthy plugin reported %v", rolling, err)
+		}
+		if err := os.Remove(e.drv.draSocket()); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.drv.Healthy(e.ctx()); err == nil || !strings.Contains(err.Error(), "DRA socket") {
+			t.Errorf("rolling=%q: without the DRA socket: %v", rolling, err)
+		}
+		if err := os.Remove(e.drv.registrationSocket()); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.drv.Healthy(e.ctx()); err == nil || !strings.Contains(err.Error(), "registration") {
+			t.Errorf("rolling=%q: without the registration socket: %v", rolling, err)
+		}
+		e.stop()
+	}
 }

@@ -32,6 +32,11 @@ func (d *Driver) cleanupLoop(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 			d.cleanup(ctx)
+			// Also between re-discoveries that change nothing: sweep
+			// orphaned files, rewrite reservation files that differ.
+			if err := d.withInstanceLock(func() error { return d.reconcile(ctx) }); err != nil {
+				klog.FromContext(ctx).Error(err, "Reconciling prepared claims")
+			}
 		}
 	}
 }
