@@ -14,15 +14,19 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # its own Makefile: vetting k8s.io/kubernetes would take minutes).
 GO_PKGS := ./...
 
-.PHONY: all build vgpu-core test test-unit test-vgpu-core test-vgpu-core-asan test-e2e lint bench \
+.PHONY: all build kubectl-hami vgpu-core test test-unit test-vgpu-core test-vgpu-core-asan test-e2e lint bench \
         bench-go bench-vgpu-core demo test-gpu inventory clean fmt
 
 all: build
 
-## build: the plugin binary, the HAMi webhook and libvgpu.so
-build: vgpu-core
+## build: the plugin binary, the HAMi webhook, kubectl-hami and libvgpu.so
+build: vgpu-core kubectl-hami
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vgpu-kubelet-plugin ./cmd/vgpu-kubelet-plugin
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/hami-webhook ./cmd/hami-webhook
+
+## kubectl-hami: the kubectl plugin (bin/ on the PATH, then `kubectl hami gpus`)
+kubectl-hami:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/kubectl-hami ./cmd/kubectl-hami
 
 ## vgpu-core: libvgpu.so, the fake CUDA/NVML drivers and the C tests' programs
 vgpu-core:
@@ -38,12 +42,10 @@ test-vgpu-core:
 test-vgpu-core-asan:
 	$(MAKE) -C vgpu-core test-asan
 
-# vgpu-core first: internal/region's tests run the real libvgpu.
-test-unit: vgpu-core
+test-unit:
 	$(GO) test -count=1 $(GO_PKGS)
 
 test-e2e: vgpu-core
-	$(MAKE) -C e2e lint
 	$(MAKE) -C e2e test
 
 ## lint: go vet, gofmt and staticcheck on the project's own packages

@@ -115,6 +115,7 @@ In another terminal, from %s:
   kubectl get pods -o wide
   kubectl logs memory-share                                     # nvidia-smi shows 20480MiB
   kubectl get resourceclaims -o yaml                            # what the scheduler allocated
+  make kubectl-hami && PATH=$PWD/bin:$PATH kubectl hami gpus    # every GPU: shares, free room, health (also: claims, fit --memory 20Gi)
   kubectl apply -f deployments/examples/two-gpus.yaml           # two GPUs, 24Gi each
   kubectl apply -f deployments/examples/h100-share.yaml         # the H100 DeviceClass
 
