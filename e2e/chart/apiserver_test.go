@@ -37,14 +37,14 @@ import (
 // startAPIServer runs etcd and a kube-apiserver (1.37, default feature gates)
 // in this process, with RBAC authorization so that permissions are real, and
 // returns an admin client configuration.
-func startAPIServer(t *testing.T) *rest.Config {
+func startAPIServer(t *testing.T, extraFlags ...string) *rest.Config {
 	t.Helper()
 	_, etcdConfig := etcd3testing.NewUnsecuredEtcd3TestClientServer(t)
 	storage := storagebackend.NewDefaultConfig(etcdConfig.Prefix, nil)
 	storage.Transport = etcdConfig.Transport
 	opts := apiservertesting.NewDefaultTestServerOptions()
 	opts.DisableInvariantChecks = true
-	srv, err := apiservertesting.StartTestServer(t, opts, []string{
+	srv, err := apiservertesting.StartTestServer(t, opts, append([]string{
 		"--authorization-mode=RBAC",
 		// As on every real cluster: the plugin must run privileged.
 		"--allow-privileged=true",
@@ -52,7 +52,7 @@ func startAPIServer(t *testing.T) *rest.Config {
 		"--runtime-config=resource.k8s.io/v1beta2=true",
 		// Hand-made Nodes would otherwise be tainted not-ready.
 		"--disable-admission-plugins=TaintNodesByCondition",
-	}, storage)
+	}, extraFlags...), storage)
 	if err != nil {
 		t.Fatalf("start kube-apiserver: %v", err)
 	}
@@ -141,8 +141,36 @@ func TestAPIServer(t *testing.T) {
 			t.Errorf("the API server warned: %q", warned.texts)
 		}
 	})
+	t.Run("dry-run platform profiles", func(t *testing.T) {
+		names, err := Platforms()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range names {
+			values, err := PlatformValues(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := Options{}
+			if name == "openshift" {
+				// As OpenShift serves it: the SCC binding is rendered.
+				opts.APIVersions = []string{"security.openshift.io/v1"}
+			}
+			objs, err := RenderWithOptions(opts, values)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if err := Apply(ctx, cfg, objs, ApplyOptions{DryRun: true}); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+			t.Logf("%s: %v", name, kindsOf(objs))
+		}
+	})
 	t.Run("helm install, upgrade, uninstall", func(t *testing.T) {
 		testHelmInstall(ctx, t, cfg)
+	})
+	t.Run("helm install next to NVIDIA's device plugin", func(t *testing.T) {
+		testHelmDevicePlugin(ctx, t, cfg, admin)
 	})
 	t.Run("plugin identity", func(t *testing.T) {
 		testPluginIdentity(ctx, t, cfg, admin)

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 
@@ -87,6 +88,11 @@ type Options struct {
 	ReleaseName string
 	Namespace   string
 	KubeVersion string
+	// APIVersions are served in addition to Helm's defaults, for
+	// .Capabilities.APIVersions.Has (e.g. "security.openshift.io/v1" to
+	// render as on OpenShift, "monitoring.coreos.com/v1" for the Prometheus
+	// Operator's monitors).
+	APIVersions []string
 	// ChartDir overrides Dir().
 	ChartDir string
 }
@@ -187,7 +193,7 @@ func RenderManifests(opts Options, values map[string]any) (map[string]string, er
 	if err != nil {
 		return nil, fmt.Errorf("load chart %s: %w", opts.ChartDir, err)
 	}
-	caps, err := capabilities(opts.KubeVersion)
+	caps, err := capabilities(opts.KubeVersion, opts.APIVersions...)
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +240,7 @@ func RenderNotes(opts Options, values map[string]any) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	caps, err := capabilities(opts.KubeVersion)
+	caps, err := capabilities(opts.KubeVersion, opts.APIVersions...)
 	if err != nil {
 		return "", err
 	}
@@ -287,13 +293,14 @@ func Lint(opts Options, values map[string]any) error {
 	return nil
 }
 
-func capabilities(kubeVersion string) (*common.Capabilities, error) {
+func capabilities(kubeVersion string, apiVersions ...string) (*common.Capabilities, error) {
 	kv, err := common.ParseKubeVersion(kubeVersion)
 	if err != nil {
 		return nil, fmt.Errorf("kube version %q: %w", kubeVersion, err)
 	}
 	caps := common.DefaultCapabilities.Copy()
 	caps.KubeVersion = *kv
+	caps.APIVersions = append(slices.Clone(caps.APIVersions), apiVersions...)
 	return caps, nil
 }
 
@@ -486,4 +493,37 @@ func ApplyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper
 		return nil, fmt.Errorf("%s: %w", id, err)
 	}
 	return out, nil
+}
+
+// Platforms returns the names of the chart's per-platform values files
+// (platforms/<name>.yaml), sorted.
+func Platforms() ([]string, error) {
+	dir, err := Dir()
+	if err != nil {
+		return nil, err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "platforms", "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, strings.TrimSuffix(filepath.Base(f), ".yaml"))
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// PlatformValues reads the chart's platforms/<name>.yaml, the values a user
+// passes with -f for that platform.
+func PlatformValues(name string) (map[string]any, error) {
+	dir, err := Dir()
+	if err != nil {
+		return nil, err
+	}
+	vals, err := common.ReadValuesFile(filepath.Join(dir, "platforms", name+".yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("platform %s: %w", name, err)
+	}
+	return vals.AsMap(), nil
 }

@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,7 +116,10 @@ func TestRenderDefaults(t *testing.T) {
 		"--state-dir=/var/lib/hami-dra",
 		"--libvgpu-path=/usr/local/hami-dra/0.1.0/libvgpu.so",
 		"--nvml-library-path=/run/hami-dra-nvml/libnvidia-ml.so.1",
-		"--compose-nvidia-cdi=true",
+		"--driver-root=/",
+		"--container-driver-root=/driver-root",
+		"--nvidia-cdi-hook-path=/usr/bin/nvidia-cdi-hook",
+		"--compose-nvidia-cdi=false",
 		"--nvidia-cdi-kind=nvidia.com/gpu",
 		"--metrics-port=8080",
 		"--health-port=8081",
@@ -132,8 +136,25 @@ func TestRenderDefaults(t *testing.T) {
 	if spec["priorityClassName"] != "system-node-critical" {
 		t.Errorf("priorityClassName %v", spec["priorityClassName"])
 	}
-	if sel, _ := spec["nodeSelector"].(map[string]any); sel["nvidia.com/gpu.present"] != "true" {
-		t.Errorf("nodeSelector %v", spec["nodeSelector"])
+	// NVIDIA GPU nodes by NFD's PCI vendor label OR GPU Feature
+	// Discovery's label: two node selector terms, no nodeSelector.
+	if _, found := spec["nodeSelector"]; found {
+		t.Errorf("nodeSelector %v, want none by default", spec["nodeSelector"])
+	}
+	terms, _, _ := unstructured.NestedSlice(spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
+	var termKeys []string
+	for _, term := range terms {
+		exprs := term.(map[string]any)["matchExpressions"].([]any)
+		for _, e := range exprs {
+			em := e.(map[string]any)
+			termKeys = append(termKeys, fmt.Sprintf("%s %s %v", em["key"], em["operator"], em["values"]))
+		}
+		if len(exprs) != 1 {
+			t.Errorf("term %v: want one expression per term (terms are ORed)", term)
+		}
+	}
+	if want := []string{"feature.node.kubernetes.io/pci-10de.present In [true]", "nvidia.com/gpu.present In [true]"}; !slices.Equal(termKeys, want) {
+		t.Errorf("node affinity terms %q, want %q", termKeys, want)
 	}
 	if priv, _, _ := unstructured.NestedBool(plugin, "securityContext", "privileged"); !priv {
 		t.Error("plugin container is not privileged")
@@ -141,12 +162,17 @@ func TestRenderDefaults(t *testing.T) {
 	if priv, _, _ := unstructured.NestedBool(install, "securityContext", "privileged"); priv {
 		t.Error("install-libvgpu container must not be privileged")
 	}
-	for _, probe := range []string{"livenessProbe", "readinessProbe", "startupProbe"} {
-		path, _, _ := unstructured.NestedString(plugin, probe, "httpGet", "path")
-		port, _, _ := unstructured.NestedFieldNoCopy(plugin, probe, "httpGet", "port")
-		if path == "" || port != "health" {
-			t.Errorf("%s: path %q port %v", probe, path, port)
+	// Liveness and startup dial the sockets (the probe subcommand);
+	// readiness is the plugin's own /readyz.
+	for _, probe := range []string{"livenessProbe", "startupProbe"} {
+		cmd, _, _ := unstructured.NestedStringSlice(plugin, probe, "exec", "command")
+		want := []string{"/bin/sh", "-c", `exec /usr/bin/vgpu-kubelet-plugin probe --driver-name=vgpu.hami.io --registrar-dir=/var/lib/kubelet/plugins_registry --plugin-data-dir=/var/lib/kubelet/plugins/vgpu.hami.io --pod-uid="$POD_UID"`}
+		if !slices.Equal(cmd, want) {
+			t.Errorf("%s command\n got %q\nwant %q", probe, cmd, want)
 		}
+	}
+	if path, _, _ := unstructured.NestedString(plugin, "readinessProbe", "httpGet", "path"); path != "/readyz" {
+		t.Errorf("readinessProbe path %q", path)
 	}
 	hostPaths := map[string]string{}
 	vols, _, _ := unstructured.NestedSlice(spec, "volumes")
@@ -194,7 +220,7 @@ func TestRenderDefaults(t *testing.T) {
 	if envs["LIBVGPU_VERSION"] != "0.1.0" || envs["LIBVGPU_HOST_DIR"] != "/usr/local/hami-dra" {
 		t.Errorf("install-libvgpu env %v", envs)
 	}
-	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu", "find-nvml"}) {
+	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu", "wait-for-driver", "find-nvml"}) {
 		t.Errorf("init containers %v", got)
 	}
 
@@ -304,7 +330,9 @@ func TestRenderFullValues(t *testing.T) {
 		"--state-dir=/var/lib/hami",
 		"--libvgpu-path=/opt/hami-dra-host/0.1.0-rc.1/libvgpu.so",
 		"--nvml-library-path=/driver-root/usr/lib64/libnvidia-ml.so.1",
-		"--compose-nvidia-cdi=false",
+		"--driver-root=/run/nvidia/driver",
+		"--nvidia-cdi-hook-path=/usr/local/nvidia/toolkit/nvidia-cdi-hook",
+		"--compose-nvidia-cdi=true",
 		"--metrics-port=9400",
 		"--health-port=9401",
 		"-v=5",
@@ -314,7 +342,7 @@ func TestRenderFullValues(t *testing.T) {
 			t.Errorf("args %q lack %q", args, want)
 		}
 	}
-	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu"}) {
+	if got := initNames(ds); !slices.Equal(got, []string{"selinux-label", "install-libvgpu", "wait-for-driver"}) {
 		t.Errorf("init containers %v: an explicit nvmlLibraryPath needs no search", got)
 	}
 	if slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--pod-uid") }) {
@@ -365,7 +393,8 @@ func TestRenderOptional(t *testing.T) {
 	ds, plugin, _ := pluginContainer(t, objs)
 	args := stringsOf(plugin["args"])
 	if !slices.Contains(args, "--simulate=4xA100-80GB,2xL4") || !slices.Contains(args, "--compose-nvidia-cdi=false") ||
-		slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--nvml-library-path") }) {
+		slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--nvml-library-path") }) ||
+		slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--driver-root") }) {
 		t.Errorf("simulated args %q", args)
 	}
 	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu"}) {

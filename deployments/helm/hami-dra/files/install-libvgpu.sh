@@ -14,11 +14,37 @@
 #   LIBVGPU_HOST_DIR  host directory of all versions, mounted here (required)
 #   LIBVGPU_SRC_DIR   where the image keeps libvgpu.so.<version>
 #                     (default /opt/hami-dra/lib)
+#   MOUNTINFO         the mount table to check (default /proc/self/mountinfo)
 set -eu
 
 version="${LIBVGPU_VERSION:?LIBVGPU_VERSION is not set}"
 host_dir="${LIBVGPU_HOST_DIR:?LIBVGPU_HOST_DIR is not set}"
 src_dir="${LIBVGPU_SRC_DIR:-/opt/hami-dra/lib}"
+mountinfo="${MOUNTINFO:-/proc/self/mountinfo}"
+
+# mount_options DIR prints the per-mount options (rw,nosuid,noexec,...) of
+# the mount that holds DIR: the longest mount point that is DIR or one of its
+# parents, the last one listed when mounts are stacked. The host directory is
+# bind-mounted here, and bind mounts keep the flags of their source.
+mount_options() {
+	awk -v p="$1" '
+		{ mp = $5
+		  if (mp == p || mp == "/" || index(p, mp "/") == 1) {
+			if (length(mp) >= best) { best = length(mp); opts = $6 }
+		  } }
+		END { print opts }' "$mountinfo"
+}
+
+# On a noexec mount the dynamic loader cannot map the library: it prints
+# "cannot be preloaded ... ignored" and the workload runs WITHOUT limits.
+# Refuse such a directory rather than install a library that never loads.
+case ",$(mount_options "$host_dir")," in
+*,noexec,*)
+	echo "hami-dra: $host_dir is on a noexec mount ($(mount_options "$host_dir")): workloads cannot preload libvgpu.so from it (the dynamic loader skips it and the container runs without limits)." >&2
+	echo "hami-dra: set the chart value libvgpu.hostDir to a directory on an executable, writable host mount (GKE/Container-Optimized OS: /home/kubernetes/bin/hami-dra; see platforms/*.yaml)." >&2
+	exit 1
+	;;
+esac
 
 src="$src_dir/libvgpu.so.$version"
 dir="$host_dir/$version"
@@ -43,7 +69,10 @@ if [ -e "$dst" ]; then
 	exit 1
 fi
 
-mkdir -p "$dir"
+if ! mkdir -p "$dir"; then
+	echo "hami-dra: cannot create $dir: libvgpu.hostDir must be writable on the host (read-only /usr on Container-Optimized OS, Flatcar, Talos, Bottlerocket: see platforms/*.yaml)." >&2
+	exit 1
+fi
 tmp="$dir/.libvgpu.so.$$.tmp"
 trap 'rm -f "$tmp"' EXIT
 cp "$src" "$tmp"
