@@ -5,6 +5,8 @@
 //	vgpu-kubelet-plugin [flags]            run the kubelet plugin
 //	vgpu-kubelet-plugin inventory [flags]  print the ResourceSlices this node
 //	                                       would publish, then exit
+//	vgpu-kubelet-plugin wait-for-driver    wait until the NVIDIA driver under
+//	                                       --driver-root is usable (init container)
 //	vgpu-kubelet-plugin probe [flags]      check that a running plugin's
 //	                                       registration and DRA sockets answer
 package main

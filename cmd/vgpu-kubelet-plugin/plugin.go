@@ -102,6 +102,8 @@ func runPlugin(ctx context.Context, opts options) error {
 		return err
 	}
 	cfg := driverConfig(opts, client)
+	capacity := newCapacityMode(opts.capacityProbe)
+	cfg.ConsumableCapacityOff = capacity.consumableCapacityOff
 	if hs != nil {
 		cfg.Health = hs.reporter
 	}
@@ -110,6 +112,10 @@ func runPlugin(ctx context.Context, opts options) error {
 		return fmt.Errorf("start driver: %w", err)
 	}
 	defer p.Stop()
+	capacity.plugin = p
+	capacityCtx, stopCapacity := context.WithCancel(ctx)
+	defer stopCapacity()
+	go capacity.run(capacityCtx)
 	if h, ok := p.(interface{ Healthy(context.Context) error }); ok {
 		ready.setCheck(h.Healthy) // /healthz: the kubelet can reach us
 	}
@@ -132,7 +138,7 @@ func runPlugin(ctx context.Context, opts options) error {
 		defer stopMonitor()
 		go hs.monitor.Run(monitorCtx)
 	}
-	err = p.PublishResources(ctx, res)
+	err = capacity.PublishResources(ctx, res)
 	recordPublish(err)
 	if err != nil {
 		return fmt.Errorf("publish ResourceSlices: %w", err)
@@ -144,7 +150,7 @@ func runPlugin(ctx context.Context, opts options) error {
 	ticker := time.NewTicker(opts.rediscoverInterval)
 	defer ticker.Stop()
 	ticks := ready.heartbeat(ctx, ticker.C, opts.rediscoverInterval)
-	return republishWithHealth(ctx, d, p, opts.nodeName, gpus, res, ticks, hs)
+	return republishWithHealth(ctx, d, capacity, opts.nodeName, gpus, res, ticks, hs)
 }
 
 // driverConfig maps the command line onto the driver's configuration.

@@ -52,6 +52,7 @@ type options struct {
 	health             healthOptions
 	metricsPodLabels   bool
 	driver             driverFlags
+	capacityProbe      time.Duration
 
 	// kubeAPIQPSFlag is --kube-api-qps as parsed (the flag package has no
 	// float32 flags).
@@ -87,11 +88,12 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.Float64Var(&opts.kubeAPIQPSFlag, "kube-api-qps", 5, "queries per second to the API server, per node (client-go's rate limit)")
 	fs.IntVar(&opts.kubeAPIBurst, "kube-api-burst", 10, "burst of queries to the API server above --kube-api-qps")
 	addDriverFlags(fs, &opts.driver)
+	addCapacityFlags(fs, &opts.capacityProbe)
 	addHealthFlags(fs, &opts.health)
 	addMetricsFlags(fs, &opts.metricsPodLabels)
 	logConfig.AddFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage:\n  %s [flags]            run the kubelet plugin\n  %s inventory [flags]  print the ResourceSlices this node would publish and exit\n\nKnown simulated models: %v\n\nFlags:\n", name, name, discovery.KnownModelNames())
+		fmt.Fprintf(fs.Output(), "Usage:\n  %s [flags]                  run the kubelet plugin\n  %s inventory [flags]        print the ResourceSlices this node would publish and exit\n  %s wait-for-driver [flags]  wait until the NVIDIA driver under --driver-root is usable\n\nKnown simulated models: %v\n\nFlags:\n", name, name, name, discovery.KnownModelNames())
 		fs.PrintDefaults()
 	}
 	return fs
