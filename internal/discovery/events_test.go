@@ -134,3 +134,26 @@ func TestNVMLProbe(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseInjectedEvent: any line is either rejected with an error or
+// yields an event for an existing GPU with exactly one action.
+func FuzzParseInjectedEvent(f *testing.F) {
+	for _, s := range []string{`{"gpu": 0, "xid": 79}`, `{"gpu": 3, "event": "thermal"}`, `{"gpu": 1, "reset": true}`, `{"gpu": 9}`, `[]`, `{"gpu": 0, "xid": 1e99}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		ev, err := ParseInjectedEvent(line, 4)
+		if err != nil {
+			return
+		}
+		actions := 0
+		for _, b := range []bool{ev.XID != 0, ev.Event != "", ev.Reset} {
+			if b {
+				actions++
+			}
+		}
+		if ev.GPU < 0 || ev.GPU >= 4 || actions != 1 {
+			t.Fatalf("accepted %q as %+v", line, ev)
+		}
+	})
+}
