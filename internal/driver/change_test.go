@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -503,4 +504,64 @@ func TestHealthyFollowsTheSockets(t *testing.T) {
 		}
 		e.stop()
 	}
+}
+
+// rollingEnv starts a plugin instance on root's node state as the pod uid,
+// the way the chart runs it (kubeletplugin.RollingUpdate: calls serialised
+// by the helper's file lock), reachable over its own sockets.
+func rollingEnv(t testing.TB, root string, uid types.UID, claims ...*resourceapi.ResourceClaim) *env {
+	e := newEnvAt(t, root, claims...)
+	e.stop()
+	e.cfg.RollingUpdateUID = uid
+	e.start(t)
+	return e
+}
+
+// TestRollingUpdateSideBySide: the old and the new plugin pod serve the
+// same node at once over the kubelet's sockets, both prepare and
+// unprepare, then the old one goes away; no checkpoint update is lost.
+func TestRollingUpdateSideBySide(t *testing.T) {
+	var claims []*resourceapi.ResourceClaim
+	for i := 0; i < 24; i++ {
+		claims = append(claims, newClaim(fmt.Sprintf("r%d", i), []share{{"gpu", i % 3, "100Mi", "2"}}))
+	}
+	root, err := os.MkdirTemp("/tmp", "hd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	old := rollingEnv(t, root, "pod-old", claims...)
+	// The new pod starts while the old one serves.
+	niu := rollingEnv(t, root, "pod-new", claims...)
+
+	var wg sync.WaitGroup
+	for i, e := range []*env{old, niu} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := i; j < len(claims); j += 2 {
+				if r := e.prepare(t, claims[j])[string(claims[j].UID)]; r.Error != "" {
+					t.Errorf("instance %d: %s", i, r.Error)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// The new instance unprepares a claim the old one prepared, and the
+	// old one goes away.
+	niu.unprepare(t, claims[0])
+	old.stop()
+	niu.restart(t) // reads the checkpoint from disk
+	recs := niu.drv.store.Claims()
+	if len(recs) != len(claims)-1 {
+		t.Fatalf("checkpoint holds %d claims, want %d: an update was lost", len(recs), len(claims)-1)
+	}
+	want := map[int]string{0: "14", 1: "16", 2: "16"} // 2 cores each; claim r0 (GPU 0) gone
+	for gpu, w := range want {
+		if r := niu.reserved(t, gpu); r != w {
+			t.Errorf("GPU %d reserved=%s, want %s", gpu, r, w)
+		}
+	}
+	niu.unprepare(t, claims[1:]...)
+	assertClean(t, niu)
 }
