@@ -281,13 +281,6 @@ func (d *Driver) setGPUs(gpus []discovery.GPU) {
 	d.gpusMu.Unlock()
 }
 
-func (d *Driver) gpuByDeviceName(name string) (discovery.GPU, bool) {
-	d.gpusMu.RLock()
-	defer d.gpusMu.RUnlock()
-	g, ok := d.gpus[name]
-	return g, ok
-}
-
 // gpuSnapshot returns the current GPUs by device name; the map is never
 // modified (UpdateGPUs replaces it), so callers may keep using it.
 func (d *Driver) gpuSnapshot() map[string]discovery.GPU {
