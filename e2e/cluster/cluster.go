@@ -80,7 +80,7 @@ func Start(ctx context.Context, dir string) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c.controllers, err = startControllers(ctx, c.Config)
+	c.controllers, err = startControllers(ctx, c.Kubeconfig)
 	if err != nil {
 		return nil, err
 	}

@@ -92,11 +92,14 @@ func (n *Node) Agent() *nodeagent.Agent { return n.agent }
 
 // Env is a running local cluster.
 type Env struct {
-	Cluster  *cluster.Cluster
-	Nodes    []*Node
-	Runtime  *podruntime.Runtime
-	WorkDir  string
-	RepoRoot string
+	Cluster *cluster.Cluster
+	Nodes   []*Node
+	// RealNodes are the nodes run by a real kubelet and containerd
+	// (StartRealNode).
+	RealNodes []*RealNode
+	Runtime   *podruntime.Runtime
+	WorkDir   string
+	RepoRoot  string
 	// Libvgpu is the versioned copy of libvgpu.so handed to the plugins.
 	Libvgpu string
 	// ChartObjects is the chart rendering whose objects were applied.
@@ -448,6 +451,10 @@ func (e *Env) sliceUIDs(ctx context.Context, nodeName string) (map[types.UID]boo
 func (e *Env) Stop(ctx context.Context) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	for _, rn := range e.RealNodes {
+		rn.stop(ctx)
+	}
+	e.RealNodes = nil
 	for _, n := range e.Nodes {
 		if n.agent != nil {
 			n.agent.Stop()

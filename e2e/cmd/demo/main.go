@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hami-dra/hami-dra/e2e/localcluster"
+	"github.com/hami-dra/hami-dra/e2e/realnode"
 )
 
 func main() {
@@ -30,7 +31,12 @@ func run() int {
 	stateDir := flags.String("state-dir", ".demo", "where the kubeconfig and the logs go (relative to the repository root)")
 	kubectl := flags.String("kubectl", "e2e/bin/kubectl", "the kubectl binary to recommend (relative to the repository root)")
 	verbosity := flags.Int("v", 1, "log verbosity of the control plane and the node agents (their log file)")
+	realNode := flags.String("real-node", "auto", "add a node run by a real kubelet, containerd and runc: auto (when this machine can run one: root, make -C e2e realnode done), on (fail if it cannot), off")
 	_ = flags.Parse(os.Args[1:])
+	if *realNode != "auto" && *realNode != "on" && *realNode != "off" {
+		fmt.Fprintf(os.Stderr, "-real-node=%q: want auto, on or off\n", *realNode)
+		return 2
+	}
 
 	repo, err := localcluster.FindRepoRoot()
 	if err != nil {
@@ -70,6 +76,25 @@ func run() int {
 		fmt.Printf("Stopped in %v.\n", time.Since(stopStart).Round(time.Millisecond))
 	}()
 
+	// The real node, when this machine can run one; the reason when not.
+	realNote := "off (-real-node=off)"
+	if *realNode != "off" {
+		if err := realnode.Check(filepath.Join(repo, "e2e", "bin")); err != nil {
+			if *realNode == "on" {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			realNote = err.Error()
+		} else if _, err := env.StartRealNode(ctx, localcluster.NodeSpec{Name: "node-real", Profile: "2xA100-SXM4-80GB"}); err != nil {
+			// The machine should run it and did not: say so and stop,
+			// rather than go on without it (-real-node=off does that).
+			fmt.Fprintf(os.Stderr, "real node: %v\n(see %s; -real-node=off runs the simulated nodes only)\n", err, logPath)
+			return 1
+		} else {
+			realNote = ""
+		}
+	}
+
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	data, err := os.ReadFile(env.Cluster.Kubeconfig)
 	if err == nil {
@@ -83,15 +108,21 @@ func run() int {
 	if !filepath.IsAbs(kubectlPath) {
 		kubectlPath = filepath.Join(repo, kubectlPath)
 	}
-	printHelp(env, time.Since(start), kubeconfig, kubectlPath, repo)
+	printHelp(env, time.Since(start), kubeconfig, kubectlPath, repo, realNote)
 	<-ctx.Done()
 	return 0
 }
 
-func printHelp(env *localcluster.Env, took time.Duration, kubeconfig, kubectl, repo string) {
+func printHelp(env *localcluster.Env, took time.Duration, kubeconfig, kubectl, repo, realNote string) {
 	var nodes []string
 	for _, n := range env.Nodes {
-		nodes = append(nodes, fmt.Sprintf("    %-12s %s", n.Spec.Name, n.Spec.Profile))
+		nodes = append(nodes, fmt.Sprintf("    %-12s %-24s simulated: node agent, pods run as local processes", n.Spec.Name, n.Spec.Profile))
+	}
+	for _, n := range env.RealNodes {
+		nodes = append(nodes, fmt.Sprintf("    %-12s %-24s real: kubelet v1.37.1, containerd 2, runc (tainted %s; hostNetwork pods only)", n.Spec.Name, n.Spec.Profile, localcluster.RealNodeTaint))
+	}
+	if realNote != "" {
+		nodes = append(nodes, "    no real node: "+realNote)
 	}
 	rel := func(p string) string {
 		if r, err := filepath.Rel(repo, p); err == nil && !strings.HasPrefix(r, "..") {
@@ -100,10 +131,10 @@ func printHelp(env *localcluster.Env, took time.Duration, kubeconfig, kubectl, r
 		return p
 	}
 	fmt.Printf(`
-The local cluster is up (%v): Kubernetes 1.37 control plane (k8s.io/kubernetes v1.37.1, kubectl %s), %d simulated GPU nodes:
+The local cluster is up (%v): Kubernetes 1.37 control plane (k8s.io/kubernetes v1.37.1, kubectl %s), %d GPU nodes:
 %s
 Each node runs the real vgpu-kubelet-plugin (logs: %s/<node>/plugin.log) and
-libvgpu is preloaded into every pod; pods run as local processes on this machine.
+libvgpu is preloaded into every pod.
 
 In another terminal, from %s:
 
@@ -118,8 +149,10 @@ In another terminal, from %s:
   make kubectl-hami && PATH=$PWD/bin:$PATH kubectl hami gpus    # every GPU: shares, free room, health (also: claims, fit --memory 20Gi)
   kubectl apply -f deployments/examples/two-gpus.yaml           # two GPUs, 24Gi each
   kubectl apply -f deployments/examples/h100-share.yaml         # the H100 DeviceClass
+  kubectl apply -f deployments/examples/job.yaml                # a Job: 4 completions, 10Gi each
+  kubectl apply -f e2e/realnode/pod.yaml                        # on the real node, if there is one
 
 Press Ctrl-C to stop.
-`, took.Round(time.Second), localcluster.KubernetesVersion, len(env.Nodes), strings.Join(nodes, "\n"),
+`, took.Round(time.Second), localcluster.KubernetesVersion, len(env.Nodes)+len(env.RealNodes), strings.Join(nodes, "\n"),
 		env.WorkDir, repo, rel(kubeconfig), filepath.Dir(rel(kubectl)))
 }
