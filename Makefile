@@ -42,10 +42,12 @@ test-vgpu-core:
 test-vgpu-core-asan:
 	$(MAKE) -C vgpu-core test-asan
 
-test-unit:
+# vgpu-core first: internal/region's tests run the real libvgpu.
+test-unit: vgpu-core
 	$(GO) test -count=1 $(GO_PKGS)
 
 test-e2e: vgpu-core
+	$(MAKE) -C e2e lint
 	$(MAKE) -C e2e test
 
 ## lint: go vet, gofmt and staticcheck on the project's own packages

@@ -125,7 +125,7 @@ func installNodeDriver(gpus []discovery.GPU, drv fakeDriver, devRoot, cdiDir, st
 			},
 		})
 	}
-	version, err := cdi.MinimumRequiredVersion(spec)
+	version, err := cdispec.MinimumRequiredVersion(spec)
 	if err != nil {
 		return fmt.Errorf("toolkit CDI spec version: %w", err)
 	}

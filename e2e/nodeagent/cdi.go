@@ -60,6 +60,9 @@ func resolveCDI(specDirs []string, baseEnv []string, devices []string) (*contain
 		edits.Devices = append(edits.Devices, dev)
 	}
 	if spec.Hooks != nil {
+		// Prestart is deprecated in the OCI spec, but a CDI spec's "prestart"
+		// hooks still land there, so they must be counted.
+		//lint:ignore SA1019 counted for CDI specs that still use prestart hooks
 		edits.Hooks = len(spec.Hooks.CreateRuntime) + len(spec.Hooks.CreateContainer) + len(spec.Hooks.StartContainer) + len(spec.Hooks.Prestart) + len(spec.Hooks.Poststart)
 	}
 	return edits, nil
