@@ -267,7 +267,7 @@ func TestSpecInjectedByRuntime(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := &cdispec.Spec{Kind: "hami.io/vgpu", Devices: []cdispec.Device{{Name: "claim", ContainerEdits: edits.ContainerEdits}}}
-	if spec.Version, err = cdi.MinimumRequiredVersion(spec); err != nil {
+	if spec.Version, err = cdispec.MinimumRequiredVersion(spec); err != nil {
 		t.Fatal(err)
 	}
 	specDir := filepath.Join(tmp, "cdi")
