@@ -14,8 +14,9 @@
  *    GPU interleaved. The driver's own per-process accounting
  *    (nvmlDeviceGetProcessUtilization, which the container can read but not
  *    forge) corrects it: every NVML sample period the charge made from events
- *    is replaced by the time NVML attributes to this process, and the ratio
- *    of the two scales the next settlements. NVML names processes by host
+ *    is replaced by the time NVML attributes to this process, and NVML's
+ *    ratio to event time and its time per launch estimate the next
+ *    settlements (see poll_pending). NVML names processes by host
  *    PID; this process's is found once, by allocating two probe buffers of
  *    distinct sizes and finding the one process whose memory moved by exactly
  *    them (see find_hostpid).
@@ -57,6 +58,7 @@ static int lim_inited;
 #define MAX_CTX 64
 #define EV_CACHE 64
 #define CKPT 2048
+#define LHIST 6                       /* NVML sample periods the time per launch is learnt over */
 #define MAX_THREADS 1024
 
 /* Per process and device: the share in force, the estimate, the NVML state. */
@@ -79,8 +81,11 @@ struct lim_dev {
     unsigned long long nv_min_gap;
     uint64_t nv_next_poll, rec_t;  /* reconciled up to rec_t (CLOCK_MONOTONIC) */
     double ratio;                  /* NVML's time / event time, smoothed */
-    uint64_t charged, evt;         /* cumulative ns charged from events, and raw event ns */
-    struct { uint64_t t, charged, evt; } ck[CKPT];
+    uint64_t charged, evt, nl;     /* cumulative ns charged from events, raw event ns, launches */
+    double per_launch;             /* NVML's time per settled launch over LHIST periods (0: not known yet) */
+    struct { uint64_t own, n; } lh[LHIST];
+    unsigned lh_n;
+    struct { uint64_t t, charged, evt, nl; } ck[CKPT];
     unsigned ck_n;
 };
 static struct lim_dev ldev[64];
@@ -327,13 +332,12 @@ static void nv_setup(struct lim_dev *l)
 }
 
 /* Charges made from events up to monotonic time t. */
-static void ck_at(struct lim_dev *l, uint64_t t, uint64_t *charged, uint64_t *evt)
+static void ck_at(struct lim_dev *l, uint64_t t, uint64_t *charged, uint64_t *evt, uint64_t *nl)
 {
-    *charged = 0;
-    *evt = 0;
+    *charged = *evt = *nl = 0;
     for (unsigned k = 0; k < CKPT && k < l->ck_n; k++) {
         unsigned i = (l->ck_n - 1 - k) % CKPT;
-        if (l->ck[i].t <= t) { *charged = l->ck[i].charged; *evt = l->ck[i].evt; return; }
+        if (l->ck[i].t <= t) { *charged = l->ck[i].charged; *evt = l->ck[i].evt; *nl = l->ck[i].nl; return; }
     }
 }
 
@@ -369,9 +373,13 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
         l->nv_seen = 1;
         uint64_t t_end = ts * 1000 + mono - rt_ns; /* sample time on the monotonic clock */
         if (t_end > l->rec_t) {
-            uint64_t c0, e0, c1, e1;
-            ck_at(l, l->rec_t, &c0, &e0);
-            ck_at(l, t_end, &c1, &e1);
+            uint64_t c0, e0, n0, c1, e1, n1;
+            /* only this sample's period is replaced: charges older than it
+             * whose samples were never read (NVML keeps a few seconds of
+             * them, and nothing polls while the claim launches nothing) stand */
+            uint64_t p_ns = l->nv_period_us * 1000, from = t_end - p_ns > l->rec_t ? t_end - p_ns : l->rec_t;
+            ck_at(l, from, &c0, &e0, &n0);
+            ck_at(l, t_end, &c1, &e1, &n1);
             uint64_t o = (uint64_t)own * l->nv_period_us * 10; /* percent of a period, in ns */
             struct vgpu_region_device *d = rdev(l);
             tokens_add(l, d, (int64_t)(c1 - c0) - (int64_t)o, 1);
@@ -382,6 +390,14 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
                 if (q < 0.001) q = 0.001;
                 l->ratio = 0.5 * l->ratio + 0.5 * q;
             }
+            /* time per launch over the last second: a burst settles after the
+             * period it ran in, so one period's launches are too few to tell */
+            l->lh[l->lh_n % LHIST].own = o;
+            l->lh[l->lh_n % LHIST].n = n1 - n0;
+            l->lh_n++;
+            uint64_t so = 0, sn = 0;
+            for (unsigned k = 0; k < LHIST && k < l->lh_n; k++) { so += l->lh[k].own; sn += l->lh[k].n; }
+            if (sn >= 8 && so) l->per_launch = (double)so / (double)sn;
             LOG_DEBUG("%s: NVML period: own %u%% = %llu us, charged %llu us from %llu us of events, ratio %.2f, tokens %lld us",
                       l->dev->uuid, own, (unsigned long long)o / 1000, (unsigned long long)(c1 - c0) / 1000,
                       (unsigned long long)(e1 - e0) / 1000, l->ratio, (long long)d->tokens_ns / 1000);
@@ -425,14 +441,34 @@ static void poll_pending(void)
         }
         struct lim_dev *l = &ldev[p->di];
         struct vgpu_region_device *d = rdev(l);
+        /* The claim's own part of the burst's event time. Event time bounds
+         * it from above (other contexts' work interleaved inside the burst
+         * only adds to it). NVML's figures give two estimates below that:
+         * event time x NVML's ratio, right while the interleaving stays as
+         * it was, and launches x NVML's time per launch, right while the
+         * kernels stay as they were. When a neighbour pauses, the burst runs
+         * alone: its event time falls to its own time and the ratio, learnt
+         * while it was interleaved, would under-charge it several times
+         * over; the time per launch does not. The ratio's estimate is the
+         * steadier one while the interleaving holds (launches settle in
+         * bursts, so a period's launch count is lumpy), so it is used unless
+         * the time per launch says the burst cost more than twice that: the
+         * sign that the interleaving changed. At most the event time; the
+         * NVML correction settles the rest every sample period. */
         uint64_t charge = (uint64_t)ns;
         if (l->nv_state == 1) {
-            charge = (uint64_t)((double)ns * l->ratio);
+            if (l->per_launch > 0) {
+                double by_ratio = (double)ns * l->ratio, by_launches = (double)p->n * l->per_launch;
+                double c = by_launches > 2 * by_ratio ? by_launches : by_ratio;
+                if (c < (double)ns) charge = (uint64_t)c;
+            }
             l->charged += charge;
             l->evt += (uint64_t)ns;
             l->ck[l->ck_n % CKPT].t = now;
             l->ck[l->ck_n % CKPT].charged = l->charged;
             l->ck[l->ck_n % CKPT].evt = l->evt;
+            l->nl += p->n;
+            l->ck[l->ck_n % CKPT].nl = l->nl;
             l->ck_n++;
         } else {
             __atomic_add_fetch(&d->gpu_ns_total, (uint64_t)ns, __ATOMIC_RELAXED);

@@ -43,7 +43,7 @@ claim() {
 lim_report() {
     local st=$1 name=$2 nclaims=$3 nown=$4; shift 4
     local out rc own p f bad=""
-    out=$(LD_LIBRARY_PATH="$B/fake" $LT analyze "$W/$st" "$@" 2>&1)
+    out=$(LD_LIBRARY_PATH="$B/fake" FAKE_GPU_SCHED="$SCHED" $LT analyze "$W/$st" "$@" 2>&1)
     rc=$?
     own=$(grep '^\(not \)\?ok ' "$W/$st.out" 2>/dev/null)
     echo "== compute ($SCHED): $name"
