@@ -32,6 +32,8 @@ import (
 	dracel "k8s.io/dynamic-resource-allocation/cel"
 	apiservertesting "k8s.io/kubernetes/cmd/kube-apiserver/app/testing"
 	"k8s.io/utils/ptr"
+
+	"github.com/hami-dra/hami-dra/internal/gpumodel"
 )
 
 // startAPIServer runs etcd and a kube-apiserver (1.37, default feature gates)
@@ -460,6 +462,8 @@ func TestDeviceClassSelectors(t *testing.T) {
 			Driver: driver,
 			Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
 				"productName": {StringValue: ptr.To(product)},
+				"model":       {StringValue: ptr.To(gpumodel.Name(product))},
+				"family":      {StringValue: ptr.To(gpumodel.Family(product))},
 				"uuid":        {StringValue: ptr.To("GPU-00000000-0000-0000-0000-000000000000")},
 			},
 			Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{

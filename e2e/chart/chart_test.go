@@ -241,7 +241,7 @@ func TestRenderDefaults(t *testing.T) {
 		t.Errorf("libvgpuLogLevel null must not set logLevel: %v", params)
 	}
 	h100 := Find(objs, KindDeviceClass, "h100.vgpu.hami.io")
-	if got, want := celOf(t, h100), `device.driver == "vgpu.hami.io" && device.attributes["vgpu.hami.io"].productName.contains("H100")`; got != want {
+	if got, want := celOf(t, h100), `device.driver == "vgpu.hami.io" && device.attributes["vgpu.hami.io"].family == "h100"`; got != want {
 		t.Errorf("h100 selector\n got %s\nwant %s", got, want)
 	}
 
@@ -389,7 +389,7 @@ func TestRenderOptional(t *testing.T) {
 		t.Errorf("rendered %v, want only the DaemonSet", got)
 	}
 	// Simulated GPUs: no NVML, no toolkit CDI devices.
-	objs = mustRender(t, map[string]any{"kubeletPlugin": map[string]any{"simulate": "4xA100-80GB,2xL4", "nodeSelector": map[string]any{"nvidia.com/gpu.present": nil}}})
+	objs = mustRender(t, map[string]any{"kubeletPlugin": map[string]any{"simulate": "4xA100-80GB,2xL4", "affinity": nil}})
 	ds, plugin, _ := pluginContainer(t, objs)
 	args := stringsOf(plugin["args"])
 	if !slices.Contains(args, "--simulate=4xA100-80GB,2xL4") || !slices.Contains(args, "--compose-nvidia-cdi=false") ||
@@ -400,8 +400,10 @@ func TestRenderOptional(t *testing.T) {
 	if got := initNames(ds); !slices.Equal(got, []string{"install-libvgpu"}) {
 		t.Errorf("simulated init containers %v", got)
 	}
-	if sel, found, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec", "nodeSelector"); found {
-		t.Errorf("empty nodeSelector rendered as %v", sel)
+	for _, field := range []string{"nodeSelector", "affinity"} {
+		if v, found, _ := unstructured.NestedFieldNoCopy(ds.Object, "spec", "template", "spec", field); found {
+			t.Errorf("empty %s rendered as %v", field, v)
+		}
 	}
 	objs = mustRender(t, map[string]any{"defaults": map[string]any{"computePolicy": ""}})
 	if cfg, found, _ := unstructured.NestedSlice(Find(objs, KindDeviceClass, "vgpu.hami.io").Object, "spec", "config"); found {
@@ -426,11 +428,12 @@ func TestSchemaRejects(t *testing.T) {
 		{"root host dir", map[string]any{"libvgpu": map[string]any{"hostDir": "/"}}, []string{"/libvgpu/hostDir", "does not match pattern"}},
 		{"log level", map[string]any{"logLevel": 11}, []string{"/logLevel", "maximum"}},
 		{"libvgpu log level", map[string]any{"defaults": map[string]any{"libvgpuLogLevel": 9}}, []string{"/defaults/libvgpuLogLevel"}},
-		{"model name", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "H100", "productName": "H100"}}}}, []string{"/deviceClasses/models/0/name"}},
-		{"model without product", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "h100"}}}}, []string{"/deviceClasses/models/0", "productName"}},
+		{"model name", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "H100", "family": "h100"}}}}, []string{"/deviceClasses/models/0/name"}},
+		{"family not normalised", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "h100", "family": "H100"}}}}, []string{"/deviceClasses/models/0/family"}},
+		{"model not normalised", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "h100", "model": "NVIDIA H100 80GB HBM3"}}}}, []string{"/deviceClasses/models/0/model"}},
 		{"extended resource without domain", map[string]any{"deviceClasses": map[string]any{"default": map[string]any{"extendedResourceName": "gpu"}}}, []string{"/deviceClasses/default/extendedResourceName"}},
 		{"digest", map[string]any{"image": map[string]any{"digest": "latest"}}, []string{"/image/digest"}},
-		{"min memory", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "h100", "productName": "H100", "minMemory": "80 GB"}}}}, []string{"/deviceClasses/models/0/minMemory"}},
+		{"min memory", map[string]any{"deviceClasses": map[string]any{"models": []any{map[string]any{"name": "h100", "family": "h100", "minMemory": "80 GB"}}}}, []string{"/deviceClasses/models/0/minMemory"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Render(tc.values)
@@ -460,11 +463,20 @@ func TestTemplateRejects(t *testing.T) {
 	}{
 		{"duplicate extended resource", map[string]any{"deviceClasses": map[string]any{
 			"default": map[string]any{"extendedResourceName": "hami.io/gpu"},
-			"models":  []any{map[string]any{"name": "h100", "productName": "H100", "extendedResourceName": "hami.io/gpu"}},
+			"models":  []any{map[string]any{"name": "h100", "family": "h100", "extendedResourceName": "hami.io/gpu"}},
 		}}, `extendedResourceName "hami.io/gpu" is used by both`},
 		{"duplicate class", map[string]any{"deviceClasses": map[string]any{
-			"models": []any{map[string]any{"name": "h100", "productName": "H100"}, map[string]any{"name": "h100", "productName": "H100 NVL"}},
+			"models": []any{map[string]any{"name": "h100", "family": "h100"}, map[string]any{"name": "h100", "model": "h100-nvl"}},
 		}}, `two DeviceClasses are named "h100.vgpu.hami.io"`},
+		{"substring product name", map[string]any{"deviceClasses": map[string]any{
+			"models": []any{map[string]any{"name": "h20", "productName": "H20"}},
+		}}, `productName (a substring of the product name, which cannot tell A10 from A100 or H20 from H200) is no longer supported: use family`},
+		{"model without family or model", map[string]any{"deviceClasses": map[string]any{
+			"models": []any{map[string]any{"name": "h100"}},
+		}}, `deviceClasses.models "h100": set family (e.g. h100) or model`},
+		{"family and model", map[string]any{"deviceClasses": map[string]any{
+			"models": []any{map[string]any{"name": "h100", "family": "h100", "model": "h100-nvl"}},
+		}}, `set family or model, not both`},
 		{"extended resource under kubernetes.io", map[string]any{"deviceClasses": map[string]any{"default": map[string]any{"extendedResourceName": "example.kubernetes.io/gpu"}}}, `extendedResourceName "example.kubernetes.io/gpu" of "vgpu.hami.io" is reserved`},
 		{"bad version from tag", map[string]any{"image": map[string]any{"tag": "-dev"}}, "/image/tag"},
 		{"existing service account needs a name", map[string]any{"serviceAccount": map[string]any{"create": false}}, "serviceAccount.name is required"},

@@ -136,9 +136,9 @@ func TestChartClassesSelectPluginDevices(t *testing.T) {
 	values := map[string]any{
 		"kubeletPlugin": map[string]any{"simulate": "2xH100-80GB,1xA100-40GB,1xL4"},
 		"deviceClasses": map[string]any{"models": []any{
-			map[string]any{"name": "a100", "productName": "A100"},
-			map[string]any{"name": "h100", "productName": "H100", "minMemory": "70Gi"},
-			map[string]any{"name": "l4", "productName": "L4"},
+			map[string]any{"name": "a100", "family": "a100"},
+			map[string]any{"name": "h100", "family": "h100", "minMemory": "70Gi"},
+			map[string]any{"name": "l4", "model": "l4"},
 		}},
 	}
 	args := pluginArgs(t, values)

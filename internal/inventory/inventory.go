@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/hami-dra/hami-dra/internal/discovery"
+	"github.com/hami-dra/hami-dra/internal/gpumodel"
 )
 
 // Capacity names. They are unqualified, so they live in the driver's domain:
@@ -50,7 +51,7 @@ const (
 )
 
 // AttrModel and AttrFamily are the product name normalised for exact
-// comparison (discovery.ModelName, discovery.ModelFamily): "a100-sxm4-80gb"
+// comparison (gpumodel.Name, gpumodel.Family): "a100-sxm4-80gb"
 // and "a100". DeviceClasses compare them with ==, so a class for A10 never
 // selects an A100 nor one for H20 an H200.
 const (
@@ -225,8 +226,8 @@ func attributes(ctx context.Context, gpu discovery.GPU) map[resourceapi.Qualifie
 	}
 	putString(AttrProductName, gpu.ProductName)
 	if gpu.ProductName != "" {
-		putString(AttrModel, discovery.ModelName(gpu.ProductName))
-		putString(AttrFamily, discovery.ModelFamily(gpu.ProductName))
+		putString(AttrModel, gpumodel.Name(gpu.ProductName))
+		putString(AttrFamily, gpumodel.Family(gpu.ProductName))
 	}
 	putString(AttrBrand, gpu.Brand)
 	putString(AttrArchitecture, gpu.Architecture)

@@ -1,4 +1,4 @@
-package discovery
+package gpumodel
 
 import (
 	"strings"
@@ -49,13 +49,13 @@ var dataCentreGPUs = []struct{ product, model, family string }{
 	{"NVIDIA RTX PRO 6000 Blackwell Server Edition", "rtx-pro-6000-blackwell-server-edition", "rtx-pro-6000"},
 }
 
-func TestModelName(t *testing.T) {
+func TestName(t *testing.T) {
 	for _, tc := range dataCentreGPUs {
-		if got := ModelName(tc.product); got != tc.model {
-			t.Errorf("ModelName(%q) = %q, want %q", tc.product, got, tc.model)
+		if got := Name(tc.product); got != tc.model {
+			t.Errorf("Name(%q) = %q, want %q", tc.product, got, tc.model)
 		}
-		if got := ModelFamily(tc.product); got != tc.family {
-			t.Errorf("ModelFamily(%q) = %q, want %q", tc.product, got, tc.family)
+		if got := Family(tc.product); got != tc.family {
+			t.Errorf("Family(%q) = %q, want %q", tc.product, got, tc.family)
 		}
 	}
 }
@@ -67,7 +67,7 @@ func TestModelFamiliesAreExact(t *testing.T) {
 	substringWouldMatch := 0
 	for _, class := range dataCentreGPUs {
 		for _, gpu := range dataCentreGPUs {
-			selected := ModelFamily(gpu.product) == class.family
+			selected := Family(gpu.product) == class.family
 			if selected != (gpu.family == class.family) {
 				t.Errorf("class %q selects %q: %v", class.family, gpu.product, selected)
 			}
