@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Layout constants of version 1 (vgpu-core/src/region.h).
@@ -73,16 +75,35 @@ func Image(devices ...Device) []byte {
 
 // ReadFile reads the region at path. Only the header and the device
 // entries are read (4 KiB), never the process slots.
+//
+// The claim's containers can replace the file, so it is opened without
+// following a symbolic link and without blocking (a FIFO planted there must
+// not hang the privileged plugin), and only a regular file of a region's
+// size at least is read.
 func ReadFile(path string) ([]Device, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if errors.Is(err, unix.ENOENT) {
 		return nil, ErrNotFound
 	}
-	if err != nil {
-		return nil, fmt.Errorf("open accounting region: %w", err)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("accounting region %s is a symbolic link: not read", path)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("open accounting region %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("stat accounting region %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("accounting region %s is not a regular file (mode %#o): not read", path, st.Mode&unix.S_IFMT)
+	}
 	buf := make([]byte, headerSize+maxDevices*deviceSize)
+	if st.Size < int64(len(buf)) {
+		return nil, fmt.Errorf("accounting region %s: %d bytes, shorter than a region's header and devices (%d)", path, st.Size, len(buf))
+	}
 	n, err := io.ReadFull(f, buf)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("read accounting region %s: %w", path, err)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -166,5 +167,71 @@ func ensureVgpuCore(t *testing.T, files ...string) {
 	}
 	if err := missing(); err != nil {
 		t.Fatalf("make -C vgpu-core all did not produce what this test runs: %v", err)
+	}
+}
+
+// TestReadFileRefusesPlantedFiles: the claim's containers can put anything
+// where the region belongs; the plugin reads only a regular file there,
+// never follows a link and never blocks.
+func TestReadFileRefusesPlantedFiles(t *testing.T) {
+	valid := Image(Device{UUID: "GPU-a", MemoryUsedBytes: 1 << 30})
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T, path string)
+		want  string
+	}{
+		{"regular region", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, valid, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"symbolic link to a region", func(t *testing.T, path string) {
+			target := path + ".elsewhere"
+			if err := os.WriteFile(target, valid, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, path); err != nil {
+				t.Fatal(err)
+			}
+		}, "is a symbolic link"},
+		{"FIFO", func(t *testing.T, path string) {
+			if err := syscall.Mkfifo(path, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file"},
+		{"directory", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file"},
+		{"short file", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, valid[:100], 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "shorter than a region's header"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "vgpu.shr")
+			tc.plant(t, path)
+			done := make(chan error, 1)
+			go func() {
+				_, err := ReadFile(path)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if tc.want == "" {
+					if err != nil {
+						t.Fatalf("valid region: %v", err)
+					}
+					return
+				}
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("err %v, want %q", err, tc.want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("ReadFile blocked")
+			}
+		})
 	}
 }
