@@ -602,7 +602,8 @@ func TestFindNVML(t *testing.T) {
 	link := filepath.Join(tmp, "nvml", "libnvidia-ml.so.1")
 	run := func(root string) (string, error) {
 		cmd := exec.Command("/bin/sh", script)
-		cmd.Env = append(os.Environ(), "NVIDIA_DRIVER_ROOT="+root, "NVML_LINK="+link)
+		// a missing driver is waited for (TestWaitForDriver): give up after 2 s here
+		cmd.Env = append(os.Environ(), "NVIDIA_DRIVER_ROOT="+root, "NVML_LINK="+link, "WAIT_TIMEOUT=2", "WAIT_INTERVAL=1")
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
