@@ -32,6 +32,12 @@ func TestDecodeConfig(t *testing.T) {
 		{"wrong version", `{"apiVersion":"vgpu.hami.io/v9","kind":"VgpuConfig"}`, `unsupported apiVersion`, nil},
 		{"bad policy", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig","computePolicy":"hard"}`, `computePolicy: unsupported value "hard", allowed values: "HardCap", "BestEffort"`, nil},
 		{"bad log level", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig","logLevel":7}`, `logLevel: 7 out of range`, nil},
+		{"memory audit warn", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig","memoryAuditAction":"Warn"}`, "", func() *v1alpha1.VgpuConfig {
+			c := with(nil, nil)
+			c.MemoryAuditAction = ptr.To(v1alpha1.Warn)
+			return c
+		}()},
+		{"bad memory audit action", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig","memoryAuditAction":"Ignore"}`, `memoryAuditAction: unsupported value "Ignore", allowed values: "Kill", "Warn"`, nil},
 		{"trailing", `{"apiVersion":"vgpu.hami.io/v1alpha1","kind":"VgpuConfig"} {}`, `after top-level value`, nil},
 		{"not json", `xx`, `decode config`, nil},
 	} {
@@ -79,6 +85,9 @@ func describe(c *v1alpha1.VgpuConfig) string {
 	}
 	if c.LogLevel != nil {
 		s += fmt.Sprintf(" logLevel=%d", *c.LogLevel)
+	}
+	if c.MemoryAuditAction != nil {
+		s += " memoryAuditAction=" + string(*c.MemoryAuditAction)
 	}
 	return s
 }

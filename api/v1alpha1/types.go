@@ -31,6 +31,19 @@ const (
 	BestEffort ComputePolicy = "BestEffort"
 )
 
+// MemoryAuditAction says what the node's audit does when a claim's
+// processes hold more device memory than its quota (as NVML reports it,
+// whatever libvgpu says).
+type MemoryAuditAction string
+
+const (
+	// Kill: an event and a metric, then SIGKILL to the claim's largest
+	// processes on that GPU after the audit's grace period (the default).
+	Kill MemoryAuditAction = "Kill"
+	// Warn: the event and the metric only.
+	Warn MemoryAuditAction = "Warn"
+)
+
 // Log levels of libvgpu (LIBCUDA_LOG_LEVEL).
 const (
 	LogLevelErrors   = 0
@@ -57,12 +70,16 @@ type VgpuConfig struct {
 	// LogLevel is libvgpu's verbosity on stderr: 0 errors, 1 warnings
 	// (default), 2 info, 3 and 4 debug.
 	LogLevel *int `json:"logLevel,omitempty"`
+	// MemoryAuditAction is Kill (default) or Warn: what the node's audit
+	// does to a claim over its memory quota.
+	MemoryAuditAction *MemoryAuditAction `json:"memoryAuditAction,omitempty"`
 }
 
 // DefaultHardCap etc. are the documented defaults.
 const (
 	DefaultComputePolicy = HardCap
 	DefaultLogLevel      = LogLevelWarnings
+	DefaultMemoryAudit   = Kill
 )
 
 // Merge returns a copy of c with every field that other sets taken from
@@ -80,6 +97,10 @@ func (c VgpuConfig) Merge(other *VgpuConfig) VgpuConfig {
 		l := *other.LogLevel
 		out.LogLevel = &l
 	}
+	if other.MemoryAuditAction != nil {
+		a := *other.MemoryAuditAction
+		out.MemoryAuditAction = &a
+	}
 	return out
 }
 
@@ -94,6 +115,10 @@ func (c *VgpuConfig) Default() {
 		l := DefaultLogLevel
 		c.LogLevel = &l
 	}
+	if c.MemoryAuditAction == nil {
+		a := DefaultMemoryAudit
+		c.MemoryAuditAction = &a
+	}
 }
 
 // Validate checks the set fields; messages name the field and the allowed
@@ -105,6 +130,9 @@ func (c *VgpuConfig) Validate() error {
 	}
 	if l := c.LogLevel; l != nil && (*l < LogLevelErrors || *l > LogLevelTrace) {
 		errs = append(errs, fmt.Sprintf("logLevel: %d out of range, allowed values: 0 (errors) to 4 (trace)", *l))
+	}
+	if a := c.MemoryAuditAction; a != nil && *a != Kill && *a != Warn {
+		errs = append(errs, fmt.Sprintf("memoryAuditAction: unsupported value %q, allowed values: %q, %q", *a, Kill, Warn))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid %s: %s", KindVgpuConfig, strings.Join(errs, "; "))

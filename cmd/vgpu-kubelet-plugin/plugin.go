@@ -138,6 +138,11 @@ func runPlugin(ctx context.Context, opts options) error {
 		defer stopMonitor()
 		go hs.monitor.Run(monitorCtx)
 	}
+	auditCtx, stopAudit := context.WithCancel(ctx)
+	defer stopAudit()
+	if err := startAudit(auditCtx, opts, d, p, client, gpus); err != nil {
+		return err
+	}
 	err = capacity.PublishResources(ctx, res)
 	recordPublish(err)
 	if err != nil {

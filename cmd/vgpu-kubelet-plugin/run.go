@@ -53,6 +53,7 @@ type options struct {
 	metricsPodLabels   bool
 	driver             driverFlags
 	capacityProbe      time.Duration
+	audit              auditOptions
 
 	// kubeAPIQPSFlag is --kube-api-qps as parsed (the flag package has no
 	// float32 flags).
@@ -91,6 +92,7 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	addCapacityFlags(fs, &opts.capacityProbe)
 	addHealthFlags(fs, &opts.health)
 	addMetricsFlags(fs, &opts.metricsPodLabels)
+	addAuditFlags(fs, &opts.audit)
 	logConfig.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  %s [flags]                  run the kubelet plugin\n  %s inventory [flags]        print the ResourceSlices this node would publish and exit\n  %s wait-for-driver [flags]  wait until the NVIDIA driver under --driver-root is usable\n\nKnown simulated models: %v\n\nFlags:\n", name, name, name, discovery.KnownModelNames())

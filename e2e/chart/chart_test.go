@@ -124,9 +124,18 @@ func TestRenderDefaults(t *testing.T) {
 		"--metrics-port=8080",
 		"--health-port=8081",
 		"-v=2",
+		"--audit-interval=10s",
+		"--audit-memory-margin=256Mi",
+		"--audit-grace-period=30s",
+		"--audit-compute-margin=10",
+		"--audit-compute-window=60s",
 	}
 	if !slices.Equal(args, wantArgs) {
 		t.Errorf("plugin args:\n got %q\nwant %q", args, wantArgs)
+	}
+	// The node audit reads host PIDs' cgroups and signals them.
+	if hostPID, _, _ := unstructured.NestedBool(ds.Object, "spec", "template", "spec", "hostPID"); !hostPID {
+		t.Error("the audit is on by default but the plugin does not run in the host's PID namespace")
 	}
 	strategy, _, _ := unstructured.NestedMap(ds.Object, "spec", "updateStrategy", "rollingUpdate")
 	if strategy["maxUnavailable"] != int64(0) || strategy["maxSurge"] != int64(1) {
@@ -259,6 +268,9 @@ func TestRenderDefaults(t *testing.T) {
 		"resourceclaims": {"get", "list", "watch"},
 		"nodes":          {"get"},
 		"resourceslices": {"get", "list", "watch", "create", "update", "patch", "delete"},
+		// the node audit: the node's pods, and events on pods and claims
+		"pods":   {"get", "list", "watch"},
+		"events": {"create", "patch"},
 	}
 	for res, verbs := range want {
 		if !slices.Equal(got[res], verbs) {
@@ -759,4 +771,42 @@ func examples(t *testing.T) []*unstructured.Unstructured {
 		objs = append(objs, decoded...)
 	}
 	return objs
+}
+
+// TestAuditOff: without the node audit (or with simulated GPUs, which have
+// no processes) the plugin gets neither the host's PID namespace nor the
+// pod and event permissions.
+func TestAuditOff(t *testing.T) {
+	for _, values := range []map[string]any{
+		{"audit": map[string]any{"enabled": false}},
+		{"kubeletPlugin": map[string]any{"simulate": "2xL4"}},
+	} {
+		objs := mustRender(t, values)
+		ds, plugin, _ := pluginContainer(t, objs)
+		if _, found, _ := unstructured.NestedFieldNoCopy(ds.Object, "spec", "template", "spec", "hostPID"); found {
+			t.Errorf("%v: hostPID set", values)
+		}
+		if slices.ContainsFunc(stringsOf(plugin["args"]), func(a string) bool { return strings.HasPrefix(a, "--audit-") }) {
+			t.Errorf("%v: audit flags %q", values, stringsOf(plugin["args"]))
+		}
+		role := Find(objs, KindClusterRole, "hami-dra-kubelet-plugin")
+		rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+		for _, r := range rules {
+			for _, res := range stringsOf(r.(map[string]any)["resources"]) {
+				if res == "pods" || res == "events" {
+					t.Errorf("%v: ClusterRole grants %s", values, res)
+				}
+			}
+		}
+	}
+	objs := mustRender(t, map[string]any{"defaults": map[string]any{"memoryAuditAction": "Warn"}})
+	if got := classParams(t, Find(objs, KindDeviceClass, "vgpu.hami.io")); got["memoryAuditAction"] != "Warn" {
+		t.Errorf("defaults.memoryAuditAction Warn: class config %v", got)
+	}
+	if _, err := Render(map[string]any{"defaults": map[string]any{"memoryAuditAction": "Ignore"}}); err == nil || !strings.Contains(err.Error(), "memoryAuditAction") {
+		t.Errorf("memoryAuditAction Ignore: %v", err)
+	}
+	if _, err := Render(map[string]any{"audit": map[string]any{"interval": "10"}}); err == nil || !strings.Contains(err.Error(), "/audit/interval") {
+		t.Errorf("a duration without unit: %v", err)
+	}
 }

@@ -98,6 +98,9 @@ type Claim struct {
 	// AdminAccess: the claim's GPUs were allocated with adminAccess; they
 	// carry no quota and its spec injects no libvgpu.
 	AdminAccess bool `json:"adminAccess,omitempty"`
+	// MemoryAuditAction is the claim's VgpuConfig memoryAuditAction (Kill
+	// or Warn); empty in records of older versions, which audit as Kill.
+	MemoryAuditAction string `json:"memoryAuditAction,omitempty"`
 	// Unknown holds fields of a newer writer, written back unchanged.
 	Unknown map[string]json.RawMessage `json:"-"`
 }

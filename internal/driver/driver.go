@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/hami-dra/hami-dra/cdi"
+	"github.com/hami-dra/hami-dra/internal/audit"
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 	"github.com/hami-dra/hami-dra/internal/discovery"
 	"github.com/hami-dra/hami-dra/internal/inventory"
@@ -411,6 +413,28 @@ func crashPoint(point string) {
 	if crashHook != nil {
 		crashHook(point)
 	}
+}
+
+// AuditClaims returns the prepared claims with their quotas, as the node's
+// audit checks them (admin-access claims have no quota and are left out).
+func (d *Driver) AuditClaims() []audit.Claim {
+	var out []audit.Claim
+	for uid, c := range d.store.Claims() {
+		if c.State != checkpoint.PrepareCompleted || c.AdminAccess {
+			continue
+		}
+		action := audit.ActionKill
+		if c.MemoryAuditAction == string(audit.ActionWarn) {
+			action = audit.ActionWarn
+		}
+		hardCap := !slices.Contains(c.Env, "VGPU_COMPUTE_POLICY=besteffort")
+		ac := audit.Claim{UID: uid, Namespace: c.Namespace, Name: c.Name, MemoryAction: action}
+		for _, g := range c.GPUs {
+			ac.GPUs = append(ac.GPUs, audit.GPUQuota{UUID: g.UUID, MemoryBytes: g.MemoryBytes, Cores: g.Cores, HardCap: hardCap})
+		}
+		out = append(out, ac)
+	}
+	return out
 }
 
 // PreparedClaims implements metrics.Source: the completed claims and their

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
+
+	"github.com/hami-dra/hami-dra/internal/audit"
 )
 
 const (
@@ -363,4 +365,29 @@ func TestConcurrentCallsPrepareEachClaimOnce(t *testing.T) {
 	}
 	e.unprepare(t, claims...)
 	assertClean(t, e)
+}
+
+// TestAuditClaims: the node audit gets each prepared claim's quotas, its
+// memoryAuditAction (Kill unless the claim's config says Warn) and whether
+// its share is a hard cap, from the checkpoint.
+func TestAuditClaims(t *testing.T) {
+	plain := newClaim("plain", []share{{"gpu", 0, "1Gi", "10"}})
+	warn := newClaim("warn", []share{{"gpu", 1, "2Gi", "20"}},
+		opaque{fromClaim, nil, cfgJSON(`"memoryAuditAction":"Warn","computePolicy":"BestEffort"`)})
+	e := newEnv(t, plain, warn)
+	for _, c := range []*resourceapi.ResourceClaim{plain, warn} {
+		if res := e.prepare(t, c)[string(c.UID)]; res.Error != "" {
+			t.Fatalf("prepare %s: %s", c.Name, res.Error)
+		}
+	}
+	got := map[string]audit.Claim{}
+	for _, c := range e.drv.AuditClaims() {
+		got[c.Name] = c
+	}
+	if c := got["plain"]; c.MemoryAction != audit.ActionKill || len(c.GPUs) != 1 || c.GPUs[0].MemoryBytes != gib || c.GPUs[0].Cores != 10 || !c.GPUs[0].HardCap || c.GPUs[0].UUID != testGPUs[0].UUID {
+		t.Errorf("plain: %+v", c)
+	}
+	if c := got["warn"]; c.MemoryAction != audit.ActionWarn || len(c.GPUs) != 1 || c.GPUs[0].MemoryBytes != 2*gib || c.GPUs[0].HardCap {
+		t.Errorf("warn (best effort): %+v", c)
+	}
 }

@@ -80,7 +80,7 @@ func (d *Driver) plan(claim *resourceapi.ResourceClaim) (checkpoint.Claim, error
 		cfg := mergeFor(configs, r)
 		if effective == nil {
 			effective, effectiveFrom = &cfg, r.Request
-		} else if *cfg.ComputePolicy != *effective.ComputePolicy || *cfg.LogLevel != *effective.LogLevel {
+		} else if *cfg.ComputePolicy != *effective.ComputePolicy || *cfg.LogLevel != *effective.LogLevel || *cfg.MemoryAuditAction != *effective.MemoryAuditAction {
 			return rec, fmt.Errorf("requests %q and %q resolve to different %s settings; libvgpu applies one setting per container, so give all requests of the claim the same config", effectiveFrom, r.Request, v1alpha1.KindVgpuConfig)
 		}
 		// Two shares of one GPU in one claim (two requests) become one
@@ -141,6 +141,9 @@ func (d *Driver) plan(claim *resourceapi.ResourceClaim) (checkpoint.Claim, error
 		env = []string{"CUDA_DEVICE_ORDER=PCI_BUS_ID"}
 	}
 	rec.Env = env
+	if !rec.AdminAccess {
+		rec.MemoryAuditAction = string(*effective.MemoryAuditAction)
+	}
 
 	uid := string(claim.UID)
 	for _, res := range results {

@@ -95,6 +95,7 @@ field is left.
 {{- $fields := dict }}
 {{- with $root.Values.defaults.computePolicy }}{{ $_ := set $fields "computePolicy" . }}{{ end }}
 {{- if not (kindIs "invalid" $root.Values.defaults.libvgpuLogLevel) }}{{ $_ := set $fields "logLevel" (int $root.Values.defaults.libvgpuLogLevel) }}{{ end }}
+{{- with $root.Values.defaults.memoryAuditAction }}{{ $_ := set $fields "memoryAuditAction" . }}{{ end }}
 {{- range $k, $v := (.overrides | default dict) }}
 {{- if kindIs "invalid" $v }}{{ $_ := unset $fields $k }}{{ else if eq (toString $v) "" }}{{ $_ := unset $fields $k }}{{ else }}{{ $_ := set $fields $k $v }}{{ end }}
 {{- end }}
