@@ -169,8 +169,8 @@ func TestTwoClaimsShareOneGPU(t *testing.T) {
 	}
 	// Each claim has its own writable directory.
 	st, err := os.Stat(filepath.Join(e.cfg.StateDir, "claims", "uid-a"))
-	if err != nil || st.Mode().Perm() != 0o777 {
-		t.Fatalf("claim dir: %v %v", st, err)
+	if err != nil || st.Mode().Perm() != 0o777 || st.Mode()&os.ModeSticky == 0 {
+		t.Fatalf("claim dir: %v %v, want drwxrwxrwt", st.Mode(), err)
 	}
 	e.unprepare(t, a)
 	if r := e.reserved(t, 1); r != "50" {

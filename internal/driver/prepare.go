@@ -228,8 +228,12 @@ func (d *Driver) ensureFiles(ctx context.Context, uid string, rec checkpoint.Cla
 		return fmt.Errorf("create claim directory: %w", err)
 	}
 	// libvgpu in the container writes its accounting region here under
-	// whatever user the pod runs as; the directory holds nothing else.
-	if err := os.Chmod(dir, 0o777); err != nil {
+	// whatever user the pod runs as (the plugin does not know it at
+	// prepare, and the pods sharing a claim may run as different users),
+	// so every user may create files; the directory is mounted into the
+	// claim's containers only, and holds nothing else. Sticky: a process of
+	// one user cannot delete or replace a region another user created.
+	if err := os.Chmod(dir, os.ModeSticky|0o777); err != nil {
 		return fmt.Errorf("chmod claim directory: %w", err)
 	}
 	crashPoint(cpPrepareClaimDir)

@@ -225,6 +225,9 @@ static void attach_impl(void)
      * symlink planted there (O_NOFOLLOW), never block opening a FIFO
      * (O_NONBLOCK), and use only a regular file. */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666);
+    if (fd < 0 && errno == EACCES) /* fs.protected_regular: in the sticky claim directory an
+                                      existing region of another user opens only without O_CREAT */
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
         fallback_local(errno == ELOOP ? "is a symbolic link; refusing to follow it" : strerror(errno));
         return;
