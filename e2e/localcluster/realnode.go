@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 
 	"github.com/hami-dra/hami-dra/e2e/chart"
@@ -113,6 +114,9 @@ func (e *Env) StartRealNode(ctx context.Context, spec NodeSpec) (_ *RealNode, er
 		return nil, err
 	}
 	if err := waitNodeReady(ctx, e, spec.Name, 2*time.Minute, rn.Node); err != nil {
+		return nil, err
+	}
+	if err := setLoopbackAddress(ctx, e, spec.Name); err != nil {
 		return nil, err
 	}
 
@@ -294,6 +298,24 @@ func waitNodeReady(ctx context.Context, e *Env, name string, timeout time.Durati
 		return fmt.Errorf("node %s not Ready (%s; kubelet log: %s): %w", name, last, filepath.Join(node.LogDir, "kubelet.log"), err)
 	}
 	return nil
+}
+
+// setLoopbackAddress gives the Node the addresses the kubelet does not: it
+// serves on 127.0.0.1 (anonymously, so only on loopback), and refuses a
+// loopback --node-ip ("nodeIP can't be loopback address"), which leaves
+// the Node without addresses; the API server then cannot reach the kubelet
+// for logs and exec. The kubelet's own status updates keep addresses it
+// did not set.
+func setLoopbackAddress(ctx context.Context, e *Env, name string) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := e.Cluster.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}, {Type: corev1.NodeHostName, Address: name}}
+		_, err = e.Cluster.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
 }
 
 // RestartPlugin kills the node's plugin (SIGKILL, as a crash) and starts it
