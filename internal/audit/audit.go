@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/hami-dra/hami-dra/internal/region"
 )
 
 // Action is what happens to a claim over its memory quota.
@@ -56,6 +58,11 @@ type Claim struct {
 	UID, Namespace, Name string
 	GPUs                 []GPUQuota
 	MemoryAction         Action
+	// RegionPath is the host path of the claim's accounting region, where
+	// libvgpu keeps what it counted ("" if none). It is container-written:
+	// only quoted next to NVML's figure, so that an event shows when the
+	// two disagree (a process bypassing libvgpu, or a rewritten region).
+	RegionPath string
 }
 
 // Pod is a pod of the node and the claims it uses, by namespace/name.
@@ -361,6 +368,7 @@ func (a *Auditor) checkMemory(ctx context.Context, g *group, now time.Time) {
 	procs := slices.Clone(g.procs)
 	sort.Slice(procs, func(i, j int) bool { return procs[i].MemoryBytes > procs[j].MemoryBytes })
 	action := g.action()
+	counted := a.regionSays(g)
 	if !a.reported[g.key] {
 		a.reported[g.key] = true
 		what := "only reported (memory action Warn)"
@@ -368,8 +376,8 @@ func (a *Auditor) checkMemory(ctx context.Context, g *group, now time.Time) {
 			what = fmt.Sprintf("its largest processes on the GPU are killed if it is still over in %s", a.cfg.Grace)
 		}
 		a.report(ctx, Finding{Reason: ReasonMemoryOverQuota, GPU: g.gpu, Claims: g.claims, Pods: podList(g.pods),
-			Message: fmt.Sprintf("claim %s holds %s of device memory on GPU %s (NVML), over its quota of %s plus a margin of %s; largest process: host PID %d with %s; %s",
-				g.names(), mib(int64(g.used)), g.gpu, mib(g.limit()), mib(a.cfg.MemoryMargin), procs[0].PID, mib(int64(procs[0].MemoryBytes)), what)})
+			Message: fmt.Sprintf("claim %s holds %s of device memory on GPU %s (NVML%s), over its quota of %s plus a margin of %s; largest process: host PID %d with %s; %s",
+				g.names(), mib(int64(g.used)), g.gpu, counted, mib(g.limit()), mib(a.cfg.MemoryMargin), procs[0].PID, mib(int64(procs[0].MemoryBytes)), what)})
 	}
 	if action != ActionKill || now.Sub(since) < a.cfg.Grace {
 		return
@@ -471,6 +479,33 @@ func (a *Auditor) checkCompute(ctx context.Context, uuid string, groups map[stri
 			Message: fmt.Sprintf("claim %s used %.1f%% of GPU %s over the last %s (NVML), above its hard-capped share of %d%% plus a margin of %.0f points; compute is reported, not killed",
 				g.names(), measured, uuid, a.cfg.ComputeWindow, share, a.cfg.ComputeMargin)})
 	}
+}
+
+// regionSays quotes what libvgpu counted for the group on its GPU, for the
+// event: ", libvgpu counted 1024 MiB", or "" when there is no readable
+// region (no process used libvgpu, or the file is not a region).
+func (a *Auditor) regionSays(g *group) string {
+	var total uint64
+	found := false
+	for _, c := range g.claims {
+		if c.RegionPath == "" {
+			continue
+		}
+		devs, err := region.ReadFile(c.RegionPath)
+		if err != nil {
+			continue
+		}
+		for _, d := range devs {
+			if d.UUID == g.gpu {
+				total += d.MemoryUsedBytes
+				found = true
+			}
+		}
+	}
+	if !found {
+		return ", no libvgpu accounting"
+	}
+	return ", libvgpu counted " + mib(int64(total))
 }
 
 func (a *Auditor) report(ctx context.Context, f Finding) {

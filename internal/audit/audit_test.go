@@ -3,12 +3,16 @@ package audit
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/hami-dra/hami-dra/internal/region"
 )
 
 const gib = 1 << 30
@@ -311,4 +315,36 @@ func value(c prometheus.Metric) float64 {
 		return m.Gauge.GetValue()
 	}
 	return m.Counter.GetValue()
+}
+
+// TestEventQuotesLibvgpuAccounting: the over-quota event puts libvgpu's own
+// count (the container-written region) beside NVML's, so a bypass or a
+// zeroed region shows as a disagreement.
+func TestEventQuotesLibvgpuAccounting(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		region []byte
+		want   string
+	}{
+		{"region says 1 GiB", region.Image(region.Device{UUID: "GPU-0", MemoryUsedBytes: 1 * gib}), "(NVML, libvgpu counted 1024 MiB)"},
+		{"no region", nil, "(NVML, no libvgpu accounting)"},
+		{"not a region", []byte("zeroed by the tenant"), "(NVML, no libvgpu accounting)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := twoTenants()
+			n.procs["GPU-0"][1].MemoryBytes = 6 * gib
+			path := filepath.Join(t.TempDir(), "vgpu.shr")
+			if tc.region != nil {
+				if err := os.WriteFile(path, tc.region, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n.claims[0].RegionPath = path
+			a, _ := n.auditor(time.Minute)
+			a.Round(context.Background())
+			if len(n.reports) != 1 || !strings.Contains(n.reports[0].Message, tc.want) {
+				t.Fatalf("reports %+v, want %q", n.reports, tc.want)
+			}
+		})
+	}
 }

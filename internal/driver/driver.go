@@ -428,7 +428,8 @@ func (d *Driver) AuditClaims() []audit.Claim {
 			action = audit.ActionWarn
 		}
 		hardCap := !slices.Contains(c.Env, "VGPU_COMPUTE_POLICY=besteffort")
-		ac := audit.Claim{UID: uid, Namespace: c.Namespace, Name: c.Name, MemoryAction: action}
+		ac := audit.Claim{UID: uid, Namespace: c.Namespace, Name: c.Name, MemoryAction: action,
+			RegionPath: filepath.Join(d.claimDir(uid), filepath.Base(cdi.SharedRegionPath))}
 		for _, g := range c.GPUs {
 			ac.GPUs = append(ac.GPUs, audit.GPUQuota{UUID: g.UUID, MemoryBytes: g.MemoryBytes, Cores: g.Cores, HardCap: hardCap})
 		}
