@@ -413,7 +413,14 @@ func testPluginIdentity(ctx context.Context, t *testing.T, cfg *rest.Config, adm
 			{"resource.k8s.io", "deviceclasses", "create", false},
 			{"", "pods", "delete", false},
 			{"", "pods", "create", false},
-			{"", "pods", "list", false},
+			// the node audit (on by default) watches its node's pods and
+			// reports over-quota claims with events
+			{"", "pods", "list", true},
+			{"", "pods", "watch", true},
+			{"", "pods", "update", false},
+			{"", "pods/exec", "create", false},
+			{"", "events", "create", true},
+			{"", "events", "delete", false},
 			{"", "secrets", "get", false},
 			{"", "nodes", "update", false},
 			{"", "nodes", "list", false},
