@@ -24,6 +24,7 @@ import (
 
 	"github.com/hami-dra/hami-dra/internal/audit"
 	"github.com/hami-dra/hami-dra/internal/discovery"
+	"github.com/hami-dra/hami-dra/internal/metrics"
 )
 
 // auditOptions are the node audit's flags (internal/audit).
@@ -168,19 +169,7 @@ func (p *podIndex) get(uid string) (audit.Pod, bool) {
 		return audit.Pod{}, false
 	}
 	pod := objs[0].(*corev1.Pod)
-	out := audit.Pod{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name}
-	for _, pc := range pod.Spec.ResourceClaims {
-		if pc.ResourceClaimName != nil {
-			out.Claims = append(out.Claims, *pc.ResourceClaimName)
-			continue
-		}
-		for _, st := range pod.Status.ResourceClaimStatuses {
-			if st.Name == pc.Name && st.ResourceClaimName != nil {
-				out.Claims = append(out.Claims, *st.ResourceClaimName)
-			}
-		}
-	}
-	return out, true
+	return audit.Pod{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Claims: metrics.ClaimNames(pod)}, true
 }
 
 // eventReporter turns findings into Warning events on the pods and the

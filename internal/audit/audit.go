@@ -368,9 +368,9 @@ func (a *Auditor) checkMemory(ctx context.Context, g *group, now time.Time) {
 	procs := slices.Clone(g.procs)
 	sort.Slice(procs, func(i, j int) bool { return procs[i].MemoryBytes > procs[j].MemoryBytes })
 	action := g.action()
-	counted := a.regionSays(g)
 	if !a.reported[g.key] {
 		a.reported[g.key] = true
+		counted := a.regionSays(g) // read only for the event, once per episode
 		what := "only reported (memory action Warn)"
 		if action == ActionKill {
 			what = fmt.Sprintf("its largest processes on the GPU are killed if it is still over in %s", a.cfg.Grace)

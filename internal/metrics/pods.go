@@ -96,6 +96,19 @@ func (n *NodePods) ClaimPods(namespace, claim string) ClaimPods {
 	return ClaimPods{Pods: joinBounded(pods), Containers: joinBounded(names)}
 }
 
+// ClaimNames returns the names of the ResourceClaims a pod uses: those its
+// spec names and those generated for it from templates (as far as its
+// status tells yet).
+func ClaimNames(pod *corev1.Pod) []string {
+	var out []string
+	for _, pc := range pod.Spec.ResourceClaims {
+		if name := claimName(pod, pc); name != "" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 func claimName(pod *corev1.Pod, pc corev1.PodResourceClaim) string {
 	if pc.ResourceClaimName != nil {
 		return *pc.ResourceClaimName
