@@ -47,6 +47,9 @@ type NodeSpec struct {
 	// Profile is the plugin's --simulate value, e.g. "4xA100-80GB".
 	Profile string
 	Labels  map[string]string
+	// PluginArgs are extra flags of the node's plugin (for example shorter
+	// health recovery periods a test can wait for).
+	PluginArgs []string
 }
 
 // DefaultNodes are the nodes of the demo and the tests: GPUs of different
@@ -347,7 +350,7 @@ func (e *Env) startNode(ctx context.Context, spec NodeSpec, pluginBin string) (*
 		LogFile:       filepath.Join(dir, "plugin.log"),
 		// The node's device nodes, and the toolkit stand-in's CDI devices
 		// returned next to the plugin's own (see gpudriver.go).
-		ExtraArgs: []string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true", fmt.Sprintf("--metrics-port=%d", metricsPort)},
+		ExtraArgs: append([]string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true", fmt.Sprintf("--metrics-port=%d", metricsPort)}, spec.PluginArgs...),
 	})
 	if err != nil {
 		return nil, err

@@ -146,7 +146,7 @@ func (e *Env) StartRealNode(ctx context.Context, spec NodeSpec) (_ *RealNode, er
 		LibvgpuPath:   e.Libvgpu,
 		Simulate:      spec.Profile,
 		LogFile:       filepath.Join(dir, "plugin.log"),
-		ExtraArgs:     []string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true", fmt.Sprintf("--metrics-port=%d", metricsPort)},
+		ExtraArgs:     append([]string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true", fmt.Sprintf("--metrics-port=%d", metricsPort)}, spec.PluginArgs...),
 	})
 	if err != nil {
 		return nil, err

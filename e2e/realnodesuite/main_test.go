@@ -85,7 +85,10 @@ func run(m *testing.M) int {
 		Nodes:    []localcluster.NodeSpec{{Name: "node-sim", Profile: "1xL4"}},
 	})
 	if err == nil {
-		rnode, err = env.StartRealNode(ctx, localcluster.NodeSpec{Name: realNodeName, Profile: realNodeProfile})
+		rnode, err = env.StartRealNode(ctx, localcluster.NodeSpec{Name: realNodeName, Profile: realNodeProfile,
+			// Recovery from a simulated GPU fault in seconds, not the
+			// production 5 minutes (TestRealNodeGPUHealth).
+			PluginArgs: []string{"--health-quiet-period=2s", "--health-probe-interval=1s", "--health-recovery-probes=2"}})
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "local cluster with a real node:", err)
