@@ -122,6 +122,7 @@ func TestRenderDefaults(t *testing.T) {
 		"--compose-nvidia-cdi=false",
 		"--nvidia-cdi-kind=nvidia.com/gpu",
 		"--metrics-port=8080",
+		"--metrics-pod-labels=true",
 		"--health-port=8081",
 		"-v=2",
 		"--audit-interval=10s",
@@ -268,7 +269,8 @@ func TestRenderDefaults(t *testing.T) {
 		"resourceclaims": {"get", "list", "watch"},
 		"nodes":          {"get"},
 		"resourceslices": {"get", "list", "watch", "create", "update", "patch", "delete"},
-		// the node audit: the node's pods, and events on pods and claims
+		// the node's pods (the audit, the metrics' pod labels), and the
+		// audit's events on pods and claims
 		"pods":   {"get", "list", "watch"},
 		"events": {"create", "patch"},
 	}
@@ -775,12 +777,15 @@ func examples(t *testing.T) []*unstructured.Unstructured {
 
 // TestAuditOff: without the node audit (or with simulated GPUs, which have
 // no processes) the plugin gets neither the host's PID namespace nor the
-// pod and event permissions.
+// event permission; with the metrics' pod labels off too, not pods either.
 func TestAuditOff(t *testing.T) {
+	noPodLabels := map[string]any{"podLabels": false}
 	for _, values := range []map[string]any{
+		{"audit": map[string]any{"enabled": false}, "monitoring": noPodLabels},
+		{"kubeletPlugin": map[string]any{"simulate": "2xL4"}, "monitoring": noPodLabels},
 		{"audit": map[string]any{"enabled": false}},
-		{"kubeletPlugin": map[string]any{"simulate": "2xL4"}},
 	} {
+		podLabels := values["monitoring"] == nil
 		objs := mustRender(t, values)
 		ds, plugin, _ := pluginContainer(t, objs)
 		if _, found, _ := unstructured.NestedFieldNoCopy(ds.Object, "spec", "template", "spec", "hostPID"); found {
@@ -791,12 +796,17 @@ func TestAuditOff(t *testing.T) {
 		}
 		role := Find(objs, KindClusterRole, "hami-dra-kubelet-plugin")
 		rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+		granted := map[string]bool{}
 		for _, r := range rules {
 			for _, res := range stringsOf(r.(map[string]any)["resources"]) {
-				if res == "pods" || res == "events" {
-					t.Errorf("%v: ClusterRole grants %s", values, res)
-				}
+				granted[res] = true
 			}
+		}
+		if granted["events"] || granted["pods"] != podLabels {
+			t.Errorf("%v: ClusterRole grants events %v, pods %v; want no events, pods only for the pod labels", values, granted["events"], granted["pods"])
+		}
+		if want := fmt.Sprintf("--metrics-pod-labels=%v", podLabels); !slices.Contains(stringsOf(plugin["args"]), want) {
+			t.Errorf("%v: plugin args %q lack %s", values, stringsOf(plugin["args"]), want)
 		}
 	}
 	objs := mustRender(t, map[string]any{"defaults": map[string]any{"memoryAuditAction": "Warn"}})
