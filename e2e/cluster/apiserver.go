@@ -29,8 +29,9 @@ type apiServer struct {
 }
 
 // startAPIServer runs a kube-apiserver in this process with the given etcd.
-// Feature gates stay at the 1.37 defaults: no --feature-gates flag is passed.
-func startAPIServer(ctx context.Context, tb *componentTB, etcdURL string) (srv *apiServer, err error) {
+// Feature gates stay at the defaults of 1.37, or of the release extra's
+// --emulated-version names: no --feature-gates flag is passed.
+func startAPIServer(ctx context.Context, tb *componentTB, etcdURL string, extra ...string) (srv *apiServer, err error) {
 	logger := klog.FromContext(ctx).WithName("kube-apiserver")
 	// StartTestServer reports some failures through tb.Fatalf (a panic here).
 	defer func() {
@@ -55,6 +56,7 @@ func startAPIServer(ctx context.Context, tb *componentTB, etcdURL string) (srv *
 		// endpoint on 127.0.0.1; it serves a self-signed certificate.
 		"--kubelet-preferred-address-types=InternalIP",
 	}
+	flags = append(flags, extra...)
 	opts := apiservertesting.NewDefaultTestServerOptions()
 	// The invariant checks scrape metrics at teardown and fail on
 	// conditions that a long-lived demo cluster can legitimately reach.

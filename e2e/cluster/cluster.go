@@ -36,10 +36,34 @@ type Cluster struct {
 	controllers *controllers
 }
 
-// Start brings up etcd, kube-apiserver, kube-scheduler and the controllers.
-// dir receives etcd's data, the logs and the kubeconfig. On error, whatever
-// was started is stopped again.
-func Start(ctx context.Context, dir string) (_ *Cluster, err error) {
+// Options change the control plane from Kubernetes 1.37 with its default
+// feature gates.
+type Options struct {
+	// EmulatedVersion, e.g. "1.34", runs every component as that release
+	// (KEP-4330 compatibility versions, --emulated-version): its APIs and
+	// its feature gates' defaults. Releases down to 1.34 (the binaries'
+	// minor version minus 3) are possible. Empty: 1.37.
+	EmulatedVersion string
+}
+
+// flags are the component flags the options add (every component takes
+// them alike).
+func (o Options) flags() []string {
+	if o.EmulatedVersion == "" {
+		return nil
+	}
+	return []string{"--emulated-version=kube=" + o.EmulatedVersion}
+}
+
+// Start brings up etcd, kube-apiserver, kube-scheduler and the controllers
+// of Kubernetes 1.37. dir receives etcd's data, the logs and the
+// kubeconfig. On error, whatever was started is stopped again.
+func Start(ctx context.Context, dir string) (*Cluster, error) {
+	return StartWithOptions(ctx, dir, Options{})
+}
+
+// StartWithOptions is Start with opts.
+func StartWithOptions(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
 	logger := klog.FromContext(ctx)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("control plane dir: %w", err)
@@ -60,7 +84,7 @@ func Start(ctx context.Context, dir string) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c.apiserver, err = startAPIServer(ctx, c.tb, c.etcd.clientURL)
+	c.apiserver, err = startAPIServer(ctx, c.tb, c.etcd.clientURL, opts.flags()...)
 	if err != nil {
 		return nil, err
 	}
@@ -76,11 +100,11 @@ func Start(ctx context.Context, dir string) (_ *Cluster, err error) {
 
 	schedCtx, cancel := context.WithCancel(ctx)
 	c.cancelSched = cancel
-	c.scheduler, err = startScheduler(schedCtx, c.Kubeconfig)
+	c.scheduler, err = startScheduler(schedCtx, c.Kubeconfig, opts.flags()...)
 	if err != nil {
 		return nil, err
 	}
-	c.controllers, err = startControllers(ctx, c.Kubeconfig)
+	c.controllers, err = startControllers(ctx, c.Kubeconfig, opts.flags()...)
 	if err != nil {
 		return nil, err
 	}

@@ -47,11 +47,11 @@ type controllers struct {
 // credentials for every controller, --use-service-account-credentials=false),
 // and returns once its controllers work: the service account controller has
 // created the "default" ServiceAccount of the default namespace.
-func startControllers(ctx context.Context, kubeconfig string) (*controllers, error) {
+func startControllers(ctx context.Context, kubeconfig string, extra ...string) (*controllers, error) {
 	logger := klog.FromContext(ctx).WithName("kube-controller-manager")
 	ctx, cancel := context.WithCancel(klog.NewContext(ctx, logger))
 	c := &controllers{cancel: cancel, done: make(chan struct{})}
-	config, err := controllerManagerConfig(ctx, kubeconfig)
+	config, err := controllerManagerConfig(ctx, kubeconfig, extra...)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -89,7 +89,7 @@ func startControllers(ctx context.Context, kubeconfig string) (*controllers, err
 
 // controllerManagerConfig is what kube-controller-manager builds from its
 // command line.
-func controllerManagerConfig(ctx context.Context, kubeconfig string) (*kcmconfig.Config, error) {
+func controllerManagerConfig(ctx context.Context, kubeconfig string, extra ...string) (*kcmconfig.Config, error) {
 	opts, err := kcmoptions.NewKubeControllerManagerOptions()
 	if err != nil {
 		return nil, fmt.Errorf("kube-controller-manager options: %w", err)
@@ -111,7 +111,7 @@ func controllerManagerConfig(ctx context.Context, kubeconfig string) (*kcmconfig
 	for _, f := range namedFlags.FlagSets {
 		fs.AddFlagSet(f)
 	}
-	if err := fs.Parse([]string{
+	if err := fs.Parse(append([]string{
 		"--kubeconfig=" + kubeconfig,
 		// Every controller that a kube-controller-manager runs by default.
 		"--controllers=*",
@@ -121,7 +121,7 @@ func controllerManagerConfig(ctx context.Context, kubeconfig string) (*kcmconfig
 		"--secure-port=0",
 		// Start them all at once; the default jitter only delays tests.
 		"--controller-start-interval=0s",
-	}); err != nil {
+	}, extra...)); err != nil {
 		return nil, fmt.Errorf("kube-controller-manager flags: %w", err)
 	}
 	opts.ParsedFlags = &namedFlags

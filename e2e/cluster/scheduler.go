@@ -8,6 +8,7 @@ import (
 	utilcompatibility "k8s.io/apiserver/pkg/util/compatibility"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	basecompatibility "k8s.io/component-base/compatibility"
+	"k8s.io/component-base/configz"
 	"k8s.io/klog/v2"
 	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	scheduleroptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
@@ -17,7 +18,7 @@ import (
 // scheduler's test server wants a *testing.T, which the demo does not have,
 // so this does what it does with the scheduler's own Setup and Run.
 // It returns a channel that closes when the scheduler has stopped.
-func startScheduler(ctx context.Context, kubeconfig string) (<-chan struct{}, error) {
+func startScheduler(ctx context.Context, kubeconfig string, extra ...string) (<-chan struct{}, error) {
 	logger := klog.FromContext(ctx).WithName("kube-scheduler")
 	ctx = klog.NewContext(ctx, logger)
 
@@ -35,13 +36,13 @@ func startScheduler(ctx context.Context, kubeconfig string) (<-chan struct{}, er
 	for _, f := range opts.Flags.FlagSets {
 		fs.AddFlagSet(f)
 	}
-	if err := fs.Parse([]string{
+	if err := fs.Parse(append([]string{
 		"--kubeconfig=" + kubeconfig,
 		// One scheduler, no need to wait for a lease.
 		"--leader-elect=false",
 		// Nothing scrapes its health or metrics endpoint.
 		"--secure-port=0",
-	}); err != nil {
+	}, extra...)); err != nil {
 		return nil, fmt.Errorf("kube-scheduler flags: %w", err)
 	}
 	if err := opts.ComponentGlobalsRegistry.Set(); err != nil {
@@ -55,6 +56,9 @@ func startScheduler(ctx context.Context, kubeconfig string) (<-chan struct{}, er
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// configz is process-wide; a scheduler started again in the same
+		// process (a second cluster in one test binary) must find it free.
+		defer configz.Delete("componentconfig")
 		if err := schedulerapp.Run(ctx, cc, sched); err != nil && ctx.Err() == nil {
 			logger.Error(err, "kube-scheduler stopped")
 		}

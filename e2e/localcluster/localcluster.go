@@ -77,6 +77,10 @@ type Options struct {
 	LibvgpuPath string
 	// Progress, if set, receives one line per startup step.
 	Progress io.Writer
+	// KubernetesVersion, e.g. "1.34", runs the control plane as that
+	// release (cluster.Options.EmulatedVersion) and applies the chart as
+	// rendered for it. Empty: 1.37.
+	KubernetesVersion string
 }
 
 // Node is a running simulated node.
@@ -177,7 +181,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	}
 
 	e.progress("Starting etcd, kube-apiserver, kube-scheduler and controllers (Kubernetes 1.37, in-process)")
-	e.Cluster, err = cluster.Start(ctx, filepath.Join(e.WorkDir, "control-plane"))
+	e.Cluster, err = cluster.StartWithOptions(ctx, filepath.Join(e.WorkDir, "control-plane"), cluster.Options{EmulatedVersion: opts.KubernetesVersion})
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +279,11 @@ func versionedLibvgpu(opts Options, work string) (string, error) {
 }
 
 func (e *Env) applyChart(ctx context.Context) error {
-	objs, err := chart.Render(nil)
+	var renderOpts chart.Options
+	if e.opts.KubernetesVersion != "" {
+		renderOpts.KubeVersion = "v" + e.opts.KubernetesVersion + ".0"
+	}
+	objs, err := chart.RenderWithOptions(renderOpts, nil)
 	if err != nil {
 		return fmt.Errorf("render chart: %w", err)
 	}
