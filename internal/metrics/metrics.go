@@ -71,6 +71,8 @@ var (
 		"GPU time measured for a claim's kernels on one GPU by the compute limiter (only claims with a compute share); rate() is the claim's utilisation.", claimLabels, nil)
 	descClaimThrottled = prometheus.NewDesc("hami_dra_claim_throttled_seconds_total",
 		"Time a claim's kernel launches were held back to keep it within its compute share.", claimLabels, nil)
+	descClaimRegion = prometheus.NewDesc("hami_dra_claim_libvgpu_region",
+		"1 once libvgpu has created the claim's accounting region (a process of the claim loaded it and used CUDA), 0 before. A claim whose pods use the GPU while this stays 0 runs without libvgpu's enforcement: a musl or static image, or a process that dropped the preload (the node audit still sees it).", claimLabels, nil)
 	descGPUMemoryUsed = prometheus.NewDesc("hami_dra_gpu_memory_used_bytes",
 		"Sum of the device memory held by the prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
 )
@@ -102,7 +104,7 @@ type collector struct {
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClaimMemory, descClaimCores, descPrepared, descGPUMemory, descGPUCores,
-		descClaimMemoryUsed, descClaimGPUTime, descClaimThrottled, descGPUMemoryUsed} {
+		descClaimMemoryUsed, descClaimGPUTime, descClaimThrottled, descClaimRegion, descGPUMemoryUsed} {
 		ch <- d
 	}
 }
@@ -111,7 +113,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	claims := c.src.PreparedClaims()
 	mem, cores, used := map[string]int64{}, map[string]int64{}, map[string]uint64{}
 	for _, cl := range claims {
-		usage := readUsage(cl)
+		usage, present := readUsage(cl)
 		var holders ClaimPods
 		if c.pods != nil {
 			holders = c.pods.ClaimPods(cl.Namespace, cl.Name)
@@ -128,6 +130,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descClaimMemoryUsed, prometheus.GaugeValue, float64(u.MemoryUsedBytes), labels...)
 			ch <- prometheus.MustNewConstMetric(descClaimGPUTime, prometheus.CounterValue, float64(u.GPUTimeNs)/1e9, labels...)
 			ch <- prometheus.MustNewConstMetric(descClaimThrottled, prometheus.CounterValue, float64(u.ThrottledNs)/1e9, labels...)
+			ch <- prometheus.MustNewConstMetric(descClaimRegion, prometheus.GaugeValue, boolValue(present), labels...)
 			used[g.UUID] += u.MemoryUsedBytes
 		}
 	}
@@ -141,25 +144,35 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// readUsage reads the claim's region; a claim whose processes have not
-// used CUDA yet has none, and an unreadable region only loses its usage
-// metrics (it is logged at -v=2), never the quota metrics.
-func readUsage(cl ClaimQuota) map[string]region.Device {
+// readUsage reads the claim's region and tells whether it exists; a claim
+// whose processes have not used CUDA yet has none, and an unreadable region
+// only loses its usage metrics (it is logged at -v=2), never the quota
+// metrics. A region that exists but cannot be parsed counts as present:
+// libvgpu created it.
+func readUsage(cl ClaimQuota) (map[string]region.Device, bool) {
 	out := map[string]region.Device{}
 	if cl.RegionPath == "" {
-		return out
+		return out, false
 	}
 	devices, err := region.ReadFile(cl.RegionPath)
 	if err != nil {
-		if !errors.Is(err, region.ErrNotFound) {
-			klog.V(2).InfoS("Usage metrics of a claim unavailable", "claim", klog.KRef(cl.Namespace, cl.Name), "err", err)
+		if errors.Is(err, region.ErrNotFound) {
+			return out, false
 		}
-		return out
+		klog.V(2).InfoS("Usage metrics of a claim unavailable", "claim", klog.KRef(cl.Namespace, cl.Name), "err", err)
+		return out, true
 	}
 	for _, d := range devices {
 		out[d.UUID] = d
 	}
-	return out
+	return out, true
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Handler serves /metrics, /healthz (the process answers) and /readyz
