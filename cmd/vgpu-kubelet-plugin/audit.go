@@ -67,8 +67,19 @@ func startAudit(ctx context.Context, opts options, d discovery.Discoverer, p plu
 		return fmt.Errorf("--audit-grace-period must be >= 0, --audit-compute-window > 0 and --audit-compute-margin >= 0")
 	}
 	nvml, ok := d.(*discovery.NVMLDiscoverer)
-	if !ok {
-		logger.Info("Node audit off: simulated GPUs report no processes")
+	if !ok && opts.simulate != "" && opts.nvmlLibraryPath != "" {
+		// Simulated GPUs whose processes an NVML library reports (vgpu-core's
+		// fake driver, which simulates those GPUs for the workloads): the
+		// audit reads them there, by the same UUIDs.
+		if nvml, err = discovery.OpenNVML(ctx, discovery.NVMLOptions{LibraryPath: opts.nvmlLibraryPath}); err != nil {
+			return fmt.Errorf("node audit of simulated GPUs through --nvml-library-path: %w", err)
+		}
+		go func() {
+			<-ctx.Done()
+			_ = nvml.Close()
+		}()
+	} else if !ok {
+		logger.Info("Node audit off: simulated GPUs report no processes (unless --nvml-library-path names an NVML that simulates them)")
 		return nil
 	}
 	src, ok := p.(auditSource)

@@ -81,7 +81,7 @@ func newFlagSet(name string, opts *options, logConfig *textlogger.Config, output
 	fs.DurationVar(&opts.cleanupInterval, "cleanup-interval", time.Minute, "how often prepared claims are reconciled against the API server; negative disables")
 	fs.DurationVar(&opts.rediscoverInterval, "rediscover-interval", time.Minute, "how often GPUs are re-discovered and the ResourceSlices republished if they changed")
 	fs.StringVar(&opts.simulate, "simulate", "", "simulate GPUs instead of using NVML: a profile file (path or *.yaml) or inline, e.g. 8xH100-80GB or 4xA100-80GB,2xL4")
-	fs.StringVar(&opts.nvmlLibraryPath, "nvml-library-path", "", "path of libnvidia-ml.so.1 (default: the dynamic loader's search path)")
+	fs.StringVar(&opts.nvmlLibraryPath, "nvml-library-path", "", "path of libnvidia-ml.so.1 (default: the dynamic loader's search path); with --simulate, an NVML that simulates the same GPUs (vgpu-core's fake driver) from which the node audit reads their processes")
 	fs.StringVar(&opts.sysfsRoot, "sysfs-root", "/sys", "where the host's /sys is mounted; used for PCIe topology")
 	fs.StringVar(&opts.podUID, "pod-uid", "", "UID of the plugin's pod (downward API), for seamless rolling updates of the plugin")
 	fs.IntVar(&opts.healthPort, "health-port", 0, "port serving /healthz and /readyz (ready once ResourceSlices are published); 0 disables")

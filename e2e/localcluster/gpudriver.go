@@ -119,10 +119,8 @@ func installNodeDriver(gpus []discovery.GPU, drv fakeDriver, devRoot, cdiDir, st
 	}
 	for _, g := range gpus {
 		spec.Devices = append(spec.Devices, cdispec.Device{
-			Name: g.UUID,
-			ContainerEdits: cdispec.ContainerEdits{
-				Env: []string{fmt.Sprintf("FAKE_GPU_DEV_%d=%s,%s,%d,%s", g.Minor, g.PCIBusID, g.UUID, g.MemoryBytes, g.ProductName)},
-			},
+			Name:           g.UUID,
+			ContainerEdits: cdispec.ContainerEdits{Env: []string{fakeGPUVariable(g)}},
 		})
 	}
 	version, err := cdispec.MinimumRequiredVersion(spec)
@@ -138,6 +136,23 @@ func installNodeDriver(gpus []discovery.GPU, drv fakeDriver, devRoot, cdiDir, st
 		return fmt.Errorf("write toolkit CDI spec: %w", err)
 	}
 	return nil
+}
+
+// fakeGPUVariable tells the fake driver about one GPU of the node.
+func fakeGPUVariable(g discovery.GPU) string {
+	return fmt.Sprintf("FAKE_GPU_DEV_%d=%s,%s,%d,%s", g.Minor, g.PCIBusID, g.UUID, g.MemoryBytes, g.ProductName)
+}
+
+// fakeNVMLEnv is the environment in which the fake libnvidia-ml, loaded by
+// a host process (the plugin's node audit), sees the node's simulated GPUs
+// and the processes of every pod using them, as the real NVML sees the
+// real ones.
+func fakeNVMLEnv(gpus []discovery.GPU, stateDir string) []string {
+	env := []string{"FAKE_GPU_STATE=" + filepath.Join(stateDir, "state")}
+	for _, g := range gpus {
+		env = append(env, fakeGPUVariable(g))
+	}
+	return env
 }
 
 func roMount(host, container string) *cdispec.Mount {

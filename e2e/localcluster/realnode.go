@@ -42,7 +42,7 @@ const (
 )
 
 // cudaImageTools are the host programs the CUDA image gets, in /usr/bin.
-var cudaImageTools = []string{"cat", "ls", "sleep", "env", "sort", "touch", "head", "tail", "grep", "id", "stat", "mkdir", "wc", "tr", "cut"}
+var cudaImageTools = []string{"cat", "ls", "sleep", "env", "sort", "touch", "head", "tail", "grep", "id", "stat", "mkdir", "wc", "tr", "cut", "dd", "mkfifo", "ln"}
 
 // RealNode is a node run by a real kubelet, containerd and runc (package
 // realnode) with the real vgpu-kubelet-plugin registered through the
@@ -86,7 +86,8 @@ func (e *Env) StartRealNode(ctx context.Context, spec NodeSpec) (_ *RealNode, er
 	}
 	devRoot := filepath.Join(dir, "host")
 	cdiDir := filepath.Join(dir, "cdi")
-	if err := installNodeDriver(gpus, e.fakeDriver, devRoot, cdiDir, filepath.Join(dir, "fake-gpu")); err != nil {
+	fakeGPUState := filepath.Join(dir, "fake-gpu")
+	if err := installNodeDriver(gpus, e.fakeDriver, devRoot, cdiDir, fakeGPUState); err != nil {
 		return nil, err
 	}
 
@@ -146,7 +147,12 @@ func (e *Env) StartRealNode(ctx context.Context, spec NodeSpec) (_ *RealNode, er
 		LibvgpuPath:   e.Libvgpu,
 		Simulate:      spec.Profile,
 		LogFile:       filepath.Join(dir, "plugin.log"),
-		ExtraArgs:     append([]string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true", fmt.Sprintf("--metrics-port=%d", metricsPort)}, spec.PluginArgs...),
+		// The node audit reads the pods' processes from the fake NVML, as
+		// the real one from the kernel driver: by host PID (the plugin runs
+		// in the host's PID namespace, as the chart's hostPID gives it).
+		ExtraArgs: append([]string{"--dev-root=" + devRoot, "--compose-nvidia-cdi=true", fmt.Sprintf("--metrics-port=%d", metricsPort),
+			"--nvml-library-path=" + filepath.Join(e.fakeDriver.LibDir, "libnvidia-ml.so.1"), "--audit-interval=10s"}, spec.PluginArgs...),
+		Env: fakeNVMLEnv(gpus, fakeGPUState),
 	})
 	if err != nil {
 		return nil, err

@@ -55,6 +55,8 @@ type Config struct {
 	LogFile  string
 	// ExtraArgs are appended to the command line.
 	ExtraArgs []string
+	// Env is added to the plugin's environment.
+	Env []string
 }
 
 func (c Config) args() []string {
@@ -122,6 +124,7 @@ func (p *Process) Start() error {
 	cmd := exec.Command(p.cfg.Binary, p.cfg.args()...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
+	cmd.Env = append(os.Environ(), p.cfg.Env...)
 	// Its own process group: a Ctrl-C in the demo's terminal reaches the
 	// demo, which then stops the plugins in order, not all at once.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

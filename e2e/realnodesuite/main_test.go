@@ -88,7 +88,9 @@ func run(m *testing.M) int {
 		rnode, err = env.StartRealNode(ctx, localcluster.NodeSpec{Name: realNodeName, Profile: realNodeProfile,
 			// Recovery from a simulated GPU fault in seconds, not the
 			// production 5 minutes (TestRealNodeGPUHealth).
-			PluginArgs: []string{"--health-quiet-period=2s", "--health-probe-interval=1s", "--health-recovery-probes=2"}})
+			// The node audit every 2 s with a 6 s grace (TestRealNodeAudit).
+			PluginArgs: []string{"--health-quiet-period=2s", "--health-probe-interval=1s", "--health-recovery-probes=2",
+				"--audit-interval=2s", "--audit-grace-period=6s"}})
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "local cluster with a real node:", err)

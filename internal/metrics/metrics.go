@@ -72,7 +72,7 @@ var (
 	descClaimThrottled = prometheus.NewDesc("hami_dra_claim_throttled_seconds_total",
 		"Time a claim's kernel launches were held back to keep it within its compute share.", claimLabels, nil)
 	descClaimRegion = prometheus.NewDesc("hami_dra_claim_libvgpu_region",
-		"1 once libvgpu has created the claim's accounting region (a process of the claim loaded it and used CUDA), 0 before. A claim whose pods use the GPU while this stays 0 runs without libvgpu's enforcement: a musl or static image, or a process that dropped the preload (the node audit still sees it).", claimLabels, nil)
+		"1 while the claim's accounting region is there and readable (libvgpu creates it when a process of the claim first uses CUDA), 0 otherwise. A claim whose pods use the GPU while this stays 0 runs without libvgpu's shared accounting: a musl or static image, a process that dropped the preload, or something planted where the region belongs (the node audit still sees its processes).", claimLabels, nil)
 	descGPUMemoryUsed = prometheus.NewDesc("hami_dra_gpu_memory_used_bytes",
 		"Sum of the device memory held by the prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
 )
@@ -144,11 +144,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// readUsage reads the claim's region and tells whether it exists; a claim
-// whose processes have not used CUDA yet has none, and an unreadable region
-// only loses its usage metrics (it is logged at -v=2), never the quota
-// metrics. A region that exists but cannot be parsed counts as present:
-// libvgpu created it.
+// readUsage reads the claim's region and tells whether it is usable; a
+// claim whose processes have not used CUDA yet has none, and an unreadable
+// region (damaged, or something else planted in its place) only loses its
+// usage metrics (it is logged at -v=2), never the quota metrics.
 func readUsage(cl ClaimQuota) (map[string]region.Device, bool) {
 	out := map[string]region.Device{}
 	if cl.RegionPath == "" {
@@ -156,11 +155,10 @@ func readUsage(cl ClaimQuota) (map[string]region.Device, bool) {
 	}
 	devices, err := region.ReadFile(cl.RegionPath)
 	if err != nil {
-		if errors.Is(err, region.ErrNotFound) {
-			return out, false
+		if !errors.Is(err, region.ErrNotFound) {
+			klog.V(2).InfoS("Usage metrics of a claim unavailable", "claim", klog.KRef(cl.Namespace, cl.Name), "err", err)
 		}
-		klog.V(2).InfoS("Usage metrics of a claim unavailable", "claim", klog.KRef(cl.Namespace, cl.Name), "err", err)
-		return out, true
+		return out, false
 	}
 	for _, d := range devices {
 		out[d.UUID] = d

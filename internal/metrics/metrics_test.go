@@ -54,9 +54,9 @@ func TestUsageFromRegion(t *testing.T) {
 		`hami_dra_claim_memory_used_bytes{claim="c",containers="",gpu_uuid="GPU-2",index="0",namespace="ns",node="",pod="",uid="u3"} 0`,
 		`hami_dra_gpu_memory_used_bytes{gpu_uuid="GPU-1"} 1.073741824e+09`,
 		`hami_dra_claim_memory_limit_bytes{claim="b",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u2"} 1.073741824e+09`,
-		// libvgpu's presence: a region (even a damaged one) or none.
+		// libvgpu's region: readable, damaged, or none.
 		`hami_dra_claim_libvgpu_region{claim="a",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u1"} 1`,
-		`hami_dra_claim_libvgpu_region{claim="b",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u2"} 1`,
+		`hami_dra_claim_libvgpu_region{claim="b",containers="",gpu_uuid="GPU-1",index="0",namespace="ns",node="",pod="",uid="u2"} 0`,
 		`hami_dra_claim_libvgpu_region{claim="c",containers="",gpu_uuid="GPU-2",index="0",namespace="ns",node="",pod="",uid="u3"} 0`,
 	} {
 		if !strings.Contains(body, want) {

@@ -9,7 +9,9 @@
 #include <strings.h>
 #include <sched.h>
 #include <signal.h>
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -182,9 +184,84 @@ void fg_init(void) { pthread_once(&once, load); }
 struct fg_state *fg_state(void) { fg_init(); return st; }
 struct fg_dev_state *fg_dev(int dev) { fg_init(); return &st->dev[fg.dev[dev].slot]; }
 
-uint32_t fg_hostpid(void) { fg_init(); return (uint32_t)getpid() + st->hostpid_base; }
+uint32_t fg_pidns(void)
+{
+    static uint32_t ns;
+    struct stat sb;
+    if (!ns && stat("/proc/self/ns/pid", &sb) == 0) ns = (uint32_t)sb.st_ino;
+    return ns;
+}
 
-static int alive(int32_t pid) { return pid == getpid() || kill(pid, 0) == 0 || errno == EPERM; }
+/* Host-style PIDs of processes of a namespace other than the root one also
+ * depend on the namespace, so that two containers' PID 7 stay apart. */
+uint32_t fg_hostpid(void)
+{
+    fg_init();
+    uint32_t ns = fg_pidns(), mix = ns && ns != FG_ROOT_PIDNS ? (ns % 4093u) * 1024u : 0;
+    return (uint32_t)getpid() + st->hostpid_base + mix;
+}
+
+/* The PID in this process's (root) namespace of process pid of namespace
+ * ns, from /proc/<n>/ns/pid and the last NSpid field of /proc/<n>/status;
+ * 0 when not found. */
+static uint32_t visible_pid(int32_t pid, uint32_t ns)
+{
+    DIR *d = opendir("/proc");
+    if (!d) return 0;
+    uint32_t found = 0;
+    char path[64], line[256];
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        char *end;
+        long n = strtol(e->d_name, &end, 10);
+        if (*end || n <= 0) continue;
+        struct stat sb;
+        snprintf(path, sizeof path, "/proc/%ld/ns/pid", n);
+        if (stat(path, &sb) || (uint32_t)sb.st_ino != ns) continue;
+        snprintf(path, sizeof path, "/proc/%ld/status", n);
+        FILE *f = fopen(path, "re");
+        if (!f) continue;
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "NSpid:", 6)) {
+                char *last = strrchr(line, '\t');
+                if (last && atol(last + 1) == pid) found = (uint32_t)n;
+                break;
+            }
+        fclose(f);
+    }
+    closedir(d);
+    return found;
+}
+
+int fg_alive(int32_t pid, uint32_t ns)
+{
+    uint32_t me = fg_pidns();
+    if (!ns || !me || ns == me) return pid == getpid() || kill(pid, 0) == 0 || errno == EPERM;
+    if (me == FG_ROOT_PIDNS) return visible_pid(pid, ns) != 0;
+    return 1; /* a namespace this process cannot see into */
+}
+
+uint32_t fg_nvml_pid(const struct fg_proc *p)
+{
+    int32_t pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
+    uint32_t ns = p->pidns, me = fg_pidns();
+    if (!pid) return 0;
+    if (ns && me == FG_ROOT_PIDNS && ns != me) return visible_pid(pid, ns);
+    return fg_alive(pid, ns) ? p->hostpid : 0;
+}
+
+uint32_t fg_nvml_pid_of_hostpid(uint32_t hostpid)
+{
+    fg_init();
+    for (int i = 0; i < FG_MAX_PROCS; i++)
+        if (st->proc[i].pid && st->proc[i].hostpid == hostpid) {
+            uint32_t pid = fg_nvml_pid(&st->proc[i]);
+            return pid ? pid : hostpid;
+        }
+    return hostpid;
+}
+
+static int alive(int32_t pid, uint32_t ns) { return fg_alive(pid, ns); }
 
 /* This process's entry in the process table (memory per device for NVML). */
 struct fg_proc *fg_proc_self(void)
@@ -193,15 +270,17 @@ struct fg_proc *fg_proc_self(void)
     static __thread int32_t mine_pid;
     fg_init();
     int32_t pid = getpid();
+    uint32_t ns = fg_pidns();
     if (mine && mine_pid == pid) return mine; /* after fork the child takes its own */
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < FG_MAX_PROCS; i++) {
             struct fg_proc *p = &st->proc[i];
             int32_t cur = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
-            if (cur == pid) { mine = p; mine_pid = pid; return p; }
-            if (pass == 1 && (cur == 0 || !alive(cur)) &&
+            if (cur == pid && p->pidns == ns) { mine = p; mine_pid = pid; return p; }
+            if (pass == 1 && (cur == 0 || !alive(cur, p->pidns)) &&
                 __atomic_compare_exchange_n(&p->pid, &cur, pid, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
                 memset(p->used, 0, sizeof p->used);
+                p->pidns = ns;
                 p->hostpid = fg_hostpid();
                 mine = p; mine_pid = pid;
                 return p;
@@ -271,12 +350,13 @@ int fg_lane_open(int dev, uint64_t ctx)
             struct fg_lane *l = L(i);
             uint32_t u = __atomic_load_n(&l->in_use, __ATOMIC_ACQUIRE);
             /* pass 1 also takes lanes of dead processes (their work is dropped, as the driver does) */
-            if (u && !(pass == 1 && !alive(l->pid))) continue;
+            if (u && !(pass == 1 && !alive(l->pid, l->pidns))) continue;
             if (!__atomic_compare_exchange_n(&l->in_use, &u, 2, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) continue;
             l->dev = (uint32_t)slot;
             l->closing = 0;
             l->tag = (uint32_t)fg.tag;
             l->pid = getpid();
+            l->pidns = fg_pidns();
             l->hostpid = fg_hostpid();
             l->ctx = ctx;
             l->gen++;
@@ -298,7 +378,7 @@ static void elock(struct fg_engine *e)
     for (unsigned spins = 0;; spins++) {
         uint32_t cur = 0;
         if (__atomic_compare_exchange_n(&e->lock, &cur, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return;
-        if (spins > 1000 && cur && !alive((int32_t)cur) &&
+        if (spins > 1000 && cur && !alive((int32_t)cur, fg_pidns()) &&
             __atomic_compare_exchange_n(&e->lock, &cur, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
             return;
         sched_yield();
@@ -332,7 +412,7 @@ static int lane_pending(struct fg_lane *l, uint32_t slot)
     uint64_t now = e_now; /* liveness: a system call, so at most every 50 ms per lane */
     if (now - l->alive_at > 50000000ull) {
         l->alive_at = now;
-        if (!alive(l->pid)) { l->head = l->tail; return 0; }
+        if (!alive(l->pid, l->pidns)) { l->head = l->tail; return 0; }
     }
     return 1;
 }

@@ -66,7 +66,9 @@ struct fg_item { uint64_t dur, left, done; };
 struct fg_lane {
     uint32_t in_use, dev, closing, tag;
     int32_t pid;            /* owner, in its own PID namespace */
+    uint32_t pidns;         /* that namespace (fg_pidns) */
     uint32_t hostpid;       /* owner as the driver (NVML) names it */
+    uint32_t pad;
     uint64_t ctx;           /* context key: lanes of one context run concurrently */
     uint64_t gen;           /* bumped each time the lane is opened */
     uint64_t head, tail;    /* items [head, tail) are pending */
@@ -81,7 +83,9 @@ struct fg_engine {          /* per device, alternate and slice models */
     uint64_t cur_ctx;       /* context holding the GPU, 0 = none */
     uint64_t slice_start;
 };
-struct fg_proc { int32_t pid; uint32_t hostpid; uint64_t used[FG_MAX_DEV]; };
+/* A process is named by its PID in its own PID namespace and that
+ * namespace: processes of different containers may have the same PID. */
+struct fg_proc { int32_t pid; uint32_t pidns; uint32_t hostpid; uint32_t pad; uint64_t used[FG_MAX_DEV]; };
 
 struct fg_state {
     uint32_t magic, ndev;
@@ -145,6 +149,23 @@ void fg_lane_wait(int lane, uint64_t seq);
 /* This process's host-style PID (as NVML reports it), and device memory it
  * holds per host device (for NVML's process list). */
 uint32_t fg_hostpid(void);
+/* The calling process's PID namespace: the inode of /proc/self/ns/pid (0
+ * when unknown). The root namespace's is fixed (PROC_PID_INIT_INO). */
+#define FG_ROOT_PIDNS 0xEFFFFFFCu
+uint32_t fg_pidns(void);
+/* Whether process pid of namespace ns lives, as far as the caller can tell
+ * (a process of another namespace the caller cannot see counts as alive). */
+int fg_alive(int32_t pid, uint32_t ns);
+/* The PID NVML reports for a process-table entry, 0 for a dead process. A
+ * real driver names processes by their PID in the root namespace; a caller
+ * there (the node's plugin) gets exactly that for processes of other
+ * namespaces (containers), found in /proc. Otherwise the entry's
+ * host-style PID: the process's own PID moved by an offset, which models a
+ * container's PIDs differing from the host's when everything runs in one
+ * namespace. */
+uint32_t fg_nvml_pid(const struct fg_proc *p);
+/* fg_nvml_pid for a host-style PID taken from the work trace. */
+uint32_t fg_nvml_pid_of_hostpid(uint32_t hostpid);
 /* Bring host device dev's engine (and the work trace) up to now. */
 void fg_engine_sync(int dev);
 struct fg_proc *fg_proc_self(void);

@@ -143,7 +143,7 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
             uint64_t b = busy[k][p - first];
             if (!b) continue;
             unsigned pct = (unsigned)((b * 100 + P / 2) / P);
-            u[w++] = (nvmlProcessUtilizationSample_t){pids[k], ((p + 1) * P + to_real) / 1000, pct > 100 ? 100 : pct, 0, 0, 0};
+            u[w++] = (nvmlProcessUtilizationSample_t){fg_nvml_pid_of_hostpid(pids[k]), ((p + 1) * P + to_real) / 1000, pct > 100 ? 100 : pct, 0, 0, 0};
         }
     *count = w;
     return NVML_SUCCESS;
@@ -168,10 +168,10 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned in
     unsigned n = 0;
     for (int i = 0; i < FG_MAX_PROCS; i++) {
         struct fg_proc *p = &st->proc[i];
-        int32_t pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
         uint64_t used = __atomic_load_n(&p->used[slot], __ATOMIC_RELAXED);
-        if (!pid || !used || (kill(pid, 0) && errno != EPERM)) continue;
-        list[n++] = (nvmlProcessInfo_t){p->hostpid, used, 0xffffffffu, 0xffffffffu};
+        uint32_t pid = used ? fg_nvml_pid(p) : 0;
+        if (!pid) continue;
+        list[n++] = (nvmlProcessInfo_t){pid, used, 0xffffffffu, 0xffffffffu};
     }
     if (*count < n || (!infos && n)) { *count = n; return NVML_ERROR_INSUFFICIENT_SIZE; }
     memcpy(infos, list, n * sizeof *list);
