@@ -223,7 +223,7 @@ func cudaImage(repoRoot, libvgpu string, drv fakeDriver) (images.Image, error) {
 		programs["/usr/bin/"+tool] = host
 	}
 	testsDir := filepath.Join(repoRoot, "vgpu-core", "build", "tests")
-	for _, name := range []string{"quota"} {
+	for _, name := range []string{"quota", "quota-static"} {
 		programs["/usr/local/bin/"+name] = filepath.Join(testsDir, name)
 	}
 	provided := map[string]bool{"libcuda.so.1": true, "libnvidia-ml.so.1": true}

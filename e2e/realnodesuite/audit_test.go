@@ -38,10 +38,11 @@ const (
 // TestRealNodeAudit: the node audit, on the real kubelet, containerd and
 // runc, with the plugin in the host's PID namespace reading the pods'
 // processes from the (fake) NVML by host PID. Every claim is on GPU 0:
-//   - a pod that removes its quota from its environment and re-executes
-//     itself (libvgpu then enforces nothing, as for a process without the
-//     preload) and holds twice its 2Gi quota is reported and SIGKILLed
-//     within the grace period plus one audit interval;
+//   - a pod whose workload is a static binary (the dynamic loader, and so
+//     /etc/ld.so.preload, never runs: no libvgpu), and one that removes its
+//     quota from its environment and re-executes itself (libvgpu then
+//     enforces nothing), each holding twice its 2Gi quota, are reported and
+//     SIGKILLed within the grace period plus one audit interval;
 //   - a pod that zeroes its region's counters and then allocates past its
 //     quota gets the same (one of its two processes is killed);
 //   - with memoryAuditAction Warn it is only reported;
@@ -75,6 +76,8 @@ func TestRealNodeAudit(t *testing.T) {
 	for _, p := range []struct{ name, template, script string }{
 		{"neighbour", "gpu0-2gi", `exec quota --hold 1024`},
 		{"bypass", "gpu0-2gi", bypass},
+		// static: no dynamic loader, so /etc/ld.so.preload is never read
+		{"static", "gpu0-2gi", `exec quota-static --hold 2048 2048`},
 		{"zero-region", "gpu0-2gi", zeroRegion},
 		{"warn", "gpu0-2gi-warn", bypass},
 		{"fifo", "gpu0-2gi", `mkfifo /run/hami-dra/claim/vgpu.shr && ` + bypass},
@@ -85,7 +88,7 @@ func TestRealNodeAudit(t *testing.T) {
 		pod.Spec.RestartPolicy = corev1.RestartPolicyNever
 		pods[p.name] = createPod(t, pod)
 	}
-	for _, name := range []string{"neighbour", "bypass", "warn", "fifo", "symlink"} {
+	for _, name := range []string{"neighbour", "bypass", "static", "warn", "fifo", "symlink"} {
 		waitLog(t, pods[name], "work", "holding", 2*time.Minute)
 	}
 	log := waitLog(t, pods["bypass"], "work", "quota in env: ", time.Minute)
@@ -106,7 +109,7 @@ func TestRealNodeAudit(t *testing.T) {
 
 	// Killed: the workload is reported, then SIGKILLed (exit 137) within
 	// the grace period plus one interval of the report.
-	for _, name := range []string{"bypass", "fifo", "symlink"} {
+	for _, name := range []string{"bypass", "static", "fifo", "symlink"} {
 		p := pods[name]
 		waitTerminated(t, p, 137, auditGrace+4*auditInterval+30*time.Second)
 		over := waitEvent(t, p, "GPUMemoryOverQuota", "over its quota of 2048 MiB")
