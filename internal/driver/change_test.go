@@ -171,8 +171,15 @@ func TestGPUChangesWhileClaimsPrepared(t *testing.T) {
 	if r := e.prepare(t, onA)[string(onA.UID)]; !strings.Contains(r.Error, "no longer on node") {
 		t.Errorf("prepare on the lost GPU: %q", r.Error)
 	}
+	// Reported to the operator: the metrics' lost flag per claim and GPU.
+	if got := lostGPUs(e.drv); !slices.Equal(got, []string{"on-a/" + testGPUs[0].UUID}) {
+		t.Errorf("claims reported with a lost GPU: %v, want only on-a's", got)
+	}
 	// The lost GPU comes back (it answered NVML again): so does its spec.
 	e.drv.UpdateGPUs(testGPUs)
+	if got := lostGPUs(e.drv); len(got) != 0 {
+		t.Errorf("claims still reported with a lost GPU after it came back: %v", got)
+	}
 	if got := e.specGPUNodes(t, "uid-on-a"); !slices.Equal(got, []string{e.devPath("0")}) {
 		t.Errorf("claim on a after its GPU came back: %v", got)
 	}
@@ -564,4 +571,19 @@ func TestRollingUpdateSideBySide(t *testing.T) {
 	}
 	niu.unprepare(t, claims[1:]...)
 	assertClean(t, niu)
+}
+
+// lostGPUs lists "claim/uuid" for every prepared claim's GPU the metrics
+// report lost.
+func lostGPUs(d *Driver) []string {
+	var out []string
+	for _, c := range d.PreparedClaims() {
+		for _, g := range c.GPUs {
+			if g.Lost {
+				out = append(out, c.Name+"/"+g.UUID)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -28,14 +28,16 @@ func TestCrashChild(t *testing.T) {
 	if root == "" {
 		t.Skip("only run as a child of TestCrashRecovery")
 	}
-	crashHook = func(point string) {
-		if point == at {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {}
+	crashAt := func(cfg *Config) {
+		cfg.AfterStep = func(step string) {
+			if step == at {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
 		}
 	}
 	c := crashClaim()
-	e := newEnvAt(t, root, c)
+	e := newEnvConfigured(t, root, crashAt, c)
 	if r := e.prepare(t, c)[string(c.UID)]; r.Error != "" {
 		t.Fatalf("prepare: %s", r.Error)
 	}

@@ -102,6 +102,11 @@ type Config struct {
 	// Health reports device health to the kubelet (KEP-4680; see
 	// internal/health). Nil: health is not reported.
 	Health HealthReporter
+	// AfterStep, when set, is called after each named step of prepare and
+	// unprepare (CrashPoints) has taken effect. Nil in production; the crash
+	// tests kill the process there to show that recovery converges from
+	// every step.
+	AfterStep func(step string)
 }
 
 // HealthReporter is the body of WatchHealthStatus (health.Reporter).
@@ -405,13 +410,11 @@ func (k *keyedMutex) lock(key string) func() {
 	}
 }
 
-// crashHook is nil in production. Tests set it to kill the process at a
-// named step, to show that recovery converges from every step.
-var crashHook func(point string)
-
-func crashPoint(point string) {
-	if crashHook != nil {
-		crashHook(point)
+// step marks that a named step of prepare or unprepare (CrashPoints) has
+// taken effect.
+func (d *Driver) step(name string) {
+	if d.cfg.AfterStep != nil {
+		d.cfg.AfterStep(name)
 	}
 }
 
@@ -449,7 +452,8 @@ func (d *Driver) PreparedClaims() []metrics.ClaimQuota {
 		q := metrics.ClaimQuota{Namespace: c.Namespace, Name: c.Name, UID: uid,
 			RegionPath: filepath.Join(d.claimDir(uid), filepath.Base(cdi.SharedRegionPath))}
 		for i, g := range c.GPUs {
-			q.GPUs = append(q.GPUs, metrics.GPUQuota{Index: i, UUID: g.UUID, MemoryBytes: g.MemoryBytes, Cores: g.Cores})
+			_, found := d.gpuByUUID(g.UUID)
+			q.GPUs = append(q.GPUs, metrics.GPUQuota{Index: i, UUID: g.UUID, MemoryBytes: g.MemoryBytes, Cores: g.Cores, Lost: !found})
 		}
 		out = append(out, q)
 	}

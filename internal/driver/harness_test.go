@@ -66,6 +66,12 @@ func newEnv(t testing.TB, claims ...*resourceapi.ResourceClaim) *env {
 }
 
 func newEnvAt(t testing.TB, root string, claims ...*resourceapi.ResourceClaim) *env {
+	return newEnvConfigured(t, root, nil, claims...)
+}
+
+// newEnvConfigured is newEnvAt with configure applied to the driver's
+// configuration before it starts.
+func newEnvConfigured(t testing.TB, root string, configure func(*Config), claims ...*resourceapi.ResourceClaim) *env {
 	for _, d := range []string{"p", "r", "cdi", "toolkit-cdi", "state", "dev", "lib/v1"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -105,6 +111,9 @@ func newEnvAt(t testing.TB, root string, claims ...*resourceapi.ResourceClaim) *
 		DevRoot:         root, ComposeNvidiaCDI: true,
 		BootIDPath: filepath.Join(root, "boot_id"), CleanupInterval: -1,
 		NvidiaCDISpecDirs: []string{filepath.Join(root, "toolkit-cdi")},
+	}
+	if configure != nil {
+		configure(&e.cfg)
 	}
 	if tt, ok := t.(*testing.T); ok {
 		e.t = tt

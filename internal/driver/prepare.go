@@ -15,7 +15,8 @@ import (
 	"github.com/hami-dra/hami-dra/internal/checkpoint"
 )
 
-// Crash points, in the order the steps run. Tests kill the plugin at each.
+// Named steps of prepare and unprepare, in the order they run
+// (Config.AfterStep). The crash tests kill the plugin at each.
 const (
 	cpPrepareStarted    = "prepare/checkpoint-started"
 	cpPrepareClaimDir   = "prepare/claim-dir"
@@ -163,7 +164,7 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 		d.store.Delete(uid)
 		return nil, err
 	}
-	crashPoint(cpPrepareStarted)
+	d.step(cpPrepareStarted)
 
 	if err := d.ensureFiles(ctx, uid, rec, true); err != nil {
 		if rbErr := d.removeClaim(ctx, uid, rec); rbErr != nil {
@@ -180,12 +181,12 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 		}
 		return nil, err
 	}
-	crashPoint(cpPrepareCompleted)
+	d.step(cpPrepareCompleted)
 
 	if err := d.writeReservations(); err != nil {
 		return nil, err
 	}
-	crashPoint(cpPrepareReserved)
+	d.step(cpPrepareReserved)
 	klog.FromContext(ctx).V(2).Info("Prepared", "gpus", rec.GPUs)
 	return devicesOf(rec), nil
 }
@@ -236,7 +237,7 @@ func (d *Driver) ensureFiles(ctx context.Context, uid string, rec checkpoint.Cla
 	if err := os.Chmod(dir, os.ModeSticky|0o777); err != nil {
 		return fmt.Errorf("chmod claim directory: %w", err)
 	}
-	crashPoint(cpPrepareClaimDir)
+	d.step(cpPrepareClaimDir)
 	if !always && cdi.Exists(d.cfg.CDIRoot, uid) {
 		return nil
 	}
@@ -247,7 +248,7 @@ func (d *Driver) ensureFiles(ctx context.Context, uid string, rec checkpoint.Cla
 	if err := cdi.Write(d.cfg.CDIRoot, uid, spec); err != nil {
 		return err
 	}
-	crashPoint(cpPrepareCDISpec)
+	d.step(cpPrepareCDISpec)
 	if !always {
 		klog.FromContext(ctx).Info("Rewrote vanished CDI spec")
 	}
@@ -294,24 +295,24 @@ func (d *Driver) removeClaim(ctx context.Context, uid string, rec checkpoint.Cla
 	if err := d.store.Sync(); err != nil {
 		return err
 	}
-	crashPoint(cpUnprepareStarted)
+	d.step(cpUnprepareStarted)
 	if err := cdi.Remove(d.cfg.CDIRoot, uid); err != nil {
 		return err
 	}
-	crashPoint(cpUnprepareCDISpec)
+	d.step(cpUnprepareCDISpec)
 	if err := os.RemoveAll(d.claimDir(uid)); err != nil {
 		return fmt.Errorf("remove claim directory: %w", err)
 	}
-	crashPoint(cpUnprepareClaimDir)
+	d.step(cpUnprepareClaimDir)
 	d.store.Delete(uid)
 	if err := d.store.Sync(); err != nil {
 		return err
 	}
-	crashPoint(cpUnprepareDeleted)
+	d.step(cpUnprepareDeleted)
 	if err := d.writeReservations(); err != nil {
 		return err
 	}
-	crashPoint(cpUnprepareReserved)
+	d.step(cpUnprepareReserved)
 	klog.FromContext(ctx).V(2).Info("Unprepared")
 	return nil
 }

@@ -27,6 +27,9 @@ type GPUQuota struct {
 	UUID        string
 	MemoryBytes int64
 	Cores       int64
+	// Lost says the GPU is no longer on the node (removed, replaced,
+	// fallen off the bus): the claim cannot run until it is allocated anew.
+	Lost bool
 }
 
 // ClaimQuota is one prepared claim.
@@ -73,6 +76,8 @@ var (
 		"Time a claim's kernel launches were held back to keep it within its compute share.", claimLabels, nil)
 	descClaimRegion = prometheus.NewDesc("hami_dra_claim_libvgpu_region",
 		"1 while the claim's accounting region is there and readable (libvgpu creates it when a process of the claim first uses CUDA), 0 otherwise. A claim whose pods use the GPU while this stays 0 runs without libvgpu's shared accounting: a musl or static image, a process that dropped the preload, or something planted where the region belongs (the node audit still sees its processes).", claimLabels, nil)
+	descClaimGPULost = prometheus.NewDesc("hami_dra_claim_gpu_lost",
+		"1 when the GPU a prepared claim was allocated is no longer on the node (removed, replaced or fallen off the bus): the claim's CDI spec is withdrawn, its containers cannot start, and it is never given another GPU; delete its pods so that it is allocated anew.", claimLabels, nil)
 	descGPUMemoryUsed = prometheus.NewDesc("hami_dra_gpu_memory_used_bytes",
 		"Sum of the device memory held by the prepared claims on a GPU.", []string{"gpu_uuid"}, nil)
 )
@@ -104,7 +109,7 @@ type collector struct {
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClaimMemory, descClaimCores, descPrepared, descGPUMemory, descGPUCores,
-		descClaimMemoryUsed, descClaimGPUTime, descClaimThrottled, descClaimRegion, descGPUMemoryUsed} {
+		descClaimMemoryUsed, descClaimGPUTime, descClaimThrottled, descClaimRegion, descClaimGPULost, descGPUMemoryUsed} {
 		ch <- d
 	}
 }
@@ -131,6 +136,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descClaimGPUTime, prometheus.CounterValue, float64(u.GPUTimeNs)/1e9, labels...)
 			ch <- prometheus.MustNewConstMetric(descClaimThrottled, prometheus.CounterValue, float64(u.ThrottledNs)/1e9, labels...)
 			ch <- prometheus.MustNewConstMetric(descClaimRegion, prometheus.GaugeValue, boolValue(present), labels...)
+			ch <- prometheus.MustNewConstMetric(descClaimGPULost, prometheus.GaugeValue, boolValue(g.Lost), labels...)
 			used[g.UUID] += u.MemoryUsedBytes
 		}
 	}
