@@ -79,6 +79,18 @@ CUresult cuCtxCreate_v2(CUcontext *c, unsigned flags, CUdevice d)
     *c = current = x;
     return CUDA_SUCCESS;
 }
+/* The newer entry points create the same context (the affinity and
+ * create parameters do not change what it takes). */
+CUresult cuCtxCreate_v3(CUcontext *c, CUexecAffinityParam *params, int nparams, unsigned flags, CUdevice d)
+{
+    (void)params, (void)nparams;
+    return cuCtxCreate_v2(c, flags, d);
+}
+CUresult cuCtxCreate_v4(CUcontext *c, CUctxCreateParams *params, unsigned flags, CUdevice d)
+{
+    (void)params;
+    return cuCtxCreate_v2(c, flags, d);
+}
 CUresult cuCtxDestroy_v2(CUcontext c)
 {
     if (!c) return CUDA_ERROR_INVALID_VALUE;
@@ -183,6 +195,8 @@ static CUresult procaddr(const char *sym, void **pfn, int ver, cuuint64_t flags)
         if (!strcmp(sym, v2[i]) && ver >= 3020) snprintf(name, sizeof name, "%s_v2", sym);
     if (!strcmp(sym, "cuGetProcAddress") && ver >= 12000) snprintf(name, sizeof name, "cuGetProcAddress_v2");
     if (!strcmp(sym, "cuDeviceGetUuid") && ver >= 11040) snprintf(name, sizeof name, "cuDeviceGetUuid_v2");
+    /* as the driver: callers built for CUDA 11.4+ get _v3, for 12.5+ _v4 */
+    if (!strcmp(sym, "cuCtxCreate") && ver >= 11040) snprintf(name, sizeof name, ver >= 12050 ? "cuCtxCreate_v4" : "cuCtxCreate_v3");
     if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
         char pt[140];
         snprintf(pt, sizeof pt, "%s_ptsz", name);

@@ -590,6 +590,55 @@ static CUresult module_load(CUmodule *m)
 }
 CUresult cuModuleLoad(CUmodule *m, const char *fname) { (void)fname; ENTER(); LEAVE(module_load(m)); }
 CUresult cuModuleLoadData(CUmodule *m, const void *image) { (void)image; ENTER(); LEAVE(module_load(m)); }
+CUresult cuModuleLoadDataEx(CUmodule *m, const void *image, unsigned int nopts, CUjit_option *opts, void **vals)
+{
+    (void)image, (void)nopts, (void)opts, (void)vals;
+    ENTER();
+    LEAVE(module_load(m));
+}
+CUresult cuModuleLoadFatBinary(CUmodule *m, const void *fatbin) { (void)fatbin; ENTER(); LEAVE(module_load(m)); }
+
+/* A library (CUDA 12) is loaded into every context; modelled eagerly: its
+ * code takes FAKE_MODULE_MEM in the current context at load, none when no
+ * context is current (it would load later, as lazy loading does). */
+struct CUlib_st { CUmodule mod; };
+static CUresult library_load(CUlibrary *l)
+{
+    if (!l) return CUDA_ERROR_INVALID_VALUE;
+    struct CUlib_st *x = calloc(1, sizeof *x);
+    if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (fk_current_dev() >= 0) {
+        CUresult r = module_load(&x->mod);
+        if (r != CUDA_SUCCESS) { free(x); return r; }
+    }
+    *l = x;
+    return CUDA_SUCCESS;
+}
+CUresult cuLibraryLoadData(CUlibrary *l, const void *code, CUjit_option *jopts, void **jvals, unsigned int njopts,
+                           CUlibraryOption *lopts, void **lvals, unsigned int nlopts)
+{
+    (void)code, (void)jopts, (void)jvals, (void)njopts, (void)lopts, (void)lvals, (void)nlopts;
+    ENTER();
+    LEAVE(library_load(l));
+}
+CUresult cuLibraryLoadFromFile(CUlibrary *l, const char *fname, CUjit_option *jopts, void **jvals, unsigned int njopts,
+                               CUlibraryOption *lopts, void **lvals, unsigned int nlopts)
+{
+    (void)fname, (void)jopts, (void)jvals, (void)njopts, (void)lopts, (void)lvals, (void)nlopts;
+    ENTER();
+    LEAVE(library_load(l));
+}
+CUresult cuLibraryUnload(CUlibrary l)
+{
+    ENTER();
+    if (!l) LEAVE(CUDA_ERROR_INVALID_VALUE);
+    if (l->mod) {
+        if (l->mod->o) finish_free(l->mod->o);
+        free(l->mod);
+    }
+    free(l);
+    LEAVE(CUDA_SUCCESS);
+}
 CUresult cuModuleUnload(CUmodule m)
 {
     ENTER();

@@ -32,6 +32,13 @@ typedef uint64_t CUdeviceptr;
 typedef uint64_t cuuint64_t;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUmod_st *CUmodule;
+typedef struct CUlib_st *CUlibrary;
+/* Only passed through by pointer: CUjit_option and CUlibraryOption are
+ * enums, CUexecAffinityParam and CUctxCreateParams structs in cuda.h. */
+typedef int CUjit_option;
+typedef int CUlibraryOption;
+typedef struct CUexecAffinityParam_st CUexecAffinityParam;
+typedef struct CUctxCreateParams_st CUctxCreateParams;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
@@ -152,6 +159,8 @@ X(CUresult, cuDeviceGetUuid_v2, (CUuuid *u, CUdevice d)) \
 X(CUresult, cuDeviceGetPCIBusId, (char *buf, int len, CUdevice d)) \
 X(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice d)) \
 X(CUresult, cuCtxCreate_v2, (CUcontext *c, unsigned int flags, CUdevice d)) \
+X(CUresult, cuCtxCreate_v3, (CUcontext *c, CUexecAffinityParam *params, int nparams, unsigned int flags, CUdevice d)) \
+X(CUresult, cuCtxCreate_v4, (CUcontext *c, CUctxCreateParams *params, unsigned int flags, CUdevice d)) \
 X(CUresult, cuCtxDestroy_v2, (CUcontext c)) \
 X(CUresult, cuCtxSetCurrent, (CUcontext c)) \
 X(CUresult, cuCtxGetCurrent, (CUcontext *c)) \
@@ -220,7 +229,14 @@ X(CUresult, cuArrayGetMemoryRequirements, (CUDA_ARRAY_MEMORY_REQUIREMENTS *req, 
 X(CUresult, cuMipmappedArrayGetMemoryRequirements, (CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUmipmappedArray a, CUdevice d)) \
 X(CUresult, cuModuleLoad, (CUmodule *m, const char *fname)) \
 X(CUresult, cuModuleLoadData, (CUmodule *m, const void *image)) \
-X(CUresult, cuModuleUnload, (CUmodule m))
+X(CUresult, cuModuleLoadDataEx, (CUmodule *m, const void *image, unsigned int nopts, CUjit_option *opts, void **vals)) \
+X(CUresult, cuModuleLoadFatBinary, (CUmodule *m, const void *fatbin)) \
+X(CUresult, cuModuleUnload, (CUmodule m)) \
+X(CUresult, cuLibraryLoadData, (CUlibrary *l, const void *code, CUjit_option *jopts, void **jvals, unsigned int njopts, \
+                                CUlibraryOption *lopts, void **lvals, unsigned int nlopts)) \
+X(CUresult, cuLibraryLoadFromFile, (CUlibrary *l, const char *fname, CUjit_option *jopts, void **jvals, unsigned int njopts, \
+                                    CUlibraryOption *lopts, void **lvals, unsigned int nlopts)) \
+X(CUresult, cuLibraryUnload, (CUlibrary l))
 
 /* Handle lifetimes, stream capture and graphs (the compute limiter's side). */
 #define VGPU_CUDA_EXEC_PROTOS(X) \

@@ -117,8 +117,7 @@ static const struct { const char *base; int since; const char *suffix; } version
     {"cuMemFree", 3020, "_v2"}, {"cuMemGetInfo", 3020, "_v2"},
     {"cuDeviceTotalMem", 3020, "_v2"}, {"cuArrayCreate", 3020, "_v2"},
     {"cuArray3DCreate", 3020, "_v2"},
-    /* newest first: a caller built for 11.4+ gets _v3, for 12.5+ _v4 (other
-     * signatures, not hooked: handed out unchanged) */
+    /* newest first: a caller built for 11.4+ gets _v3, for 12.5+ _v4 */
     {"cuCtxCreate", 12050, "_v4"}, {"cuCtxCreate", 11040, "_v3"}, {"cuCtxCreate", 3020, "_v2"},
     {"cuCtxDestroy", 4000, "_v2"},
     {"cuDevicePrimaryCtxRelease", 11000, "_v2"},

@@ -12,7 +12,8 @@
  * memory processes of other claims allocate or free on the GPU during
  * those few milliseconds is charged to (or subtracted from) this process;
  * the charge is clamped at 0. Kernels that CUDA's lazy loading loads at
- * their first launch are not measured. The charge is recorded even when it
+ * their first launch, and libraries loaded into contexts other than the
+ * one current at cuLibraryLoad*, are not measured. The charge is recorded even when it
  * does not fit the quota (a noisy measurement must not break a context):
  * the claim's next allocations are refused until it is back under. */
 #include "dispatch.h"
@@ -126,19 +127,35 @@ void vgpu_drvmem_primary_reset(CUdevice dev)
     pthread_mutex_unlock(&mu);
 }
 
+/* Every cuCtxCreate version creates a context the same way; the newer
+ * ones take affinity or creation parameters (CUDA 11.4: _v3, 12.5: _v4,
+ * which cuGetProcAddress hands to callers built for those versions). */
+#define CTX_CREATE(c, dev, call)                                                      \
+    do {                                                                              \
+        struct vgpu_dev *d_ = limited_dev(dev);                                       \
+        if (!d_) return call;                                                         \
+        if (vgpu_mem_book() != 0) return CUDA_ERROR_OUT_OF_MEMORY;                    \
+        struct reading before_, after_;                                               \
+        int measured_ = read_nvml(d_, &before_) == 0;                                 \
+        CUresult r_ = call;                                                           \
+        uint64_t b_ = r_ == CUDA_SUCCESS && measured_ && read_nvml(d_, &after_) == 0 ? took(&before_, &after_) : 0; \
+        if (r_ == CUDA_SUCCESS) charge(d_, b_, "a context");                          \
+        if (r_ == CUDA_SUCCESS) vgpu_mem_track(VGPU_KIND_CTX, (uintptr_t)*(c), d_, b_); \
+        else vgpu_mem_unbook();                                                       \
+        return r_;                                                                    \
+    } while (0)
+
 VGPU_EXPORT CUresult cuCtxCreate_v2(CUcontext *c, unsigned flags, CUdevice dev)
 {
-    struct vgpu_dev *d = limited_dev(dev);
-    if (!d) return REAL(cuCtxCreate_v2)(c, flags, dev);
-    if (vgpu_mem_book() != 0) return CUDA_ERROR_OUT_OF_MEMORY;
-    struct reading before, after;
-    int measured = read_nvml(d, &before) == 0;
-    CUresult r = REAL(cuCtxCreate_v2)(c, flags, dev);
-    uint64_t b = r == CUDA_SUCCESS && measured && read_nvml(d, &after) == 0 ? took(&before, &after) : 0;
-    if (r == CUDA_SUCCESS) charge(d, b, "a context");
-    if (r == CUDA_SUCCESS) vgpu_mem_track(VGPU_KIND_CTX, (uintptr_t)*c, d, b);
-    else vgpu_mem_unbook();
-    return r;
+    CTX_CREATE(c, dev, REAL(cuCtxCreate_v2)(c, flags, dev));
+}
+VGPU_EXPORT CUresult cuCtxCreate_v3(CUcontext *c, CUexecAffinityParam *params, int nparams, unsigned flags, CUdevice dev)
+{
+    CTX_CREATE(c, dev, REAL(cuCtxCreate_v3)(c, params, nparams, flags, dev));
+}
+VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *c, CUctxCreateParams *params, unsigned flags, CUdevice dev)
+{
+    CTX_CREATE(c, dev, REAL(cuCtxCreate_v4)(c, params, flags, dev));
 }
 
 /* The compute limiter's per-context cleanup belongs here too. */
@@ -174,19 +191,45 @@ VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext c)
 
 VGPU_EXPORT CUresult cuModuleLoad(CUmodule *m, const char *fname) { MODULE_LOAD(m, REAL(cuModuleLoad)(m, fname)); }
 VGPU_EXPORT CUresult cuModuleLoadData(CUmodule *m, const void *image) { MODULE_LOAD(m, REAL(cuModuleLoadData)(m, image)); }
-
-VGPU_EXPORT CUresult cuModuleUnload(CUmodule m)
+VGPU_EXPORT CUresult cuModuleLoadDataEx(CUmodule *m, const void *image, unsigned nopts, CUjit_option *opts, void **vals)
 {
-    vgpu_ensure_init();
-    if (!vgpu_cfg.mem_any) return REAL(cuModuleUnload)(m);
-    struct vgpu_dev *d = NULL;
-    uint64_t b = 0;
-    int had = vgpu_mem_take(VGPU_KIND_MODULE, (uintptr_t)m, &d, &b);
-    CUresult r = REAL(cuModuleUnload)(m);
-    if (had && r == CUDA_SUCCESS) vgpu_mem_unreserve(d, b);
-    else if (had) vgpu_mem_retrack(VGPU_KIND_MODULE, (uintptr_t)m, d, b);
-    return r;
+    MODULE_LOAD(m, REAL(cuModuleLoadDataEx)(m, image, nopts, opts, vals));
 }
+VGPU_EXPORT CUresult cuModuleLoadFatBinary(CUmodule *m, const void *fatbin)
+{
+    MODULE_LOAD(m, REAL(cuModuleLoadFatBinary)(m, fatbin));
+}
+
+/* Libraries (CUDA 12) are context-independent: what loading one takes in
+ * the current context is measured like a module; what it takes later in
+ * other contexts, or at a kernel's first use under lazy loading, is not. */
+VGPU_EXPORT CUresult cuLibraryLoadData(CUlibrary *l, const void *code, CUjit_option *jopts, void **jvals, unsigned njopts,
+                                       CUlibraryOption *lopts, void **lvals, unsigned nlopts)
+{
+    MODULE_LOAD(l, REAL(cuLibraryLoadData)(l, code, jopts, jvals, njopts, lopts, lvals, nlopts));
+}
+VGPU_EXPORT CUresult cuLibraryLoadFromFile(CUlibrary *l, const char *fname, CUjit_option *jopts, void **jvals,
+                                           unsigned njopts, CUlibraryOption *lopts, void **lvals, unsigned nlopts)
+{
+    MODULE_LOAD(l, REAL(cuLibraryLoadFromFile)(l, fname, jopts, jvals, njopts, lopts, lvals, nlopts));
+}
+
+/* What a module or library load was charged goes back when it is unloaded. */
+#define UNLOAD(h, call)                                                               \
+    do {                                                                              \
+        vgpu_ensure_init();                                                           \
+        if (!vgpu_cfg.mem_any) return call;                                           \
+        struct vgpu_dev *d_ = NULL;                                                   \
+        uint64_t b_ = 0;                                                              \
+        int had_ = vgpu_mem_take(VGPU_KIND_MODULE, (uintptr_t)(h), &d_, &b_);         \
+        CUresult r_ = call;                                                           \
+        if (had_ && r_ == CUDA_SUCCESS) vgpu_mem_unreserve(d_, b_);                   \
+        else if (had_) vgpu_mem_retrack(VGPU_KIND_MODULE, (uintptr_t)(h), d_, b_);    \
+        return r_;                                                                    \
+    } while (0)
+
+VGPU_EXPORT CUresult cuModuleUnload(CUmodule m) { UNLOAD(m, REAL(cuModuleUnload)(m)); }
+VGPU_EXPORT CUresult cuLibraryUnload(CUlibrary l) { UNLOAD(l, REAL(cuLibraryUnload)(l)); }
 
 void vgpu_drvmem_atfork_child(void)
 {

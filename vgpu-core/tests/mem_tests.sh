@@ -4,9 +4,13 @@
 # What the driver takes besides allocations: contexts.
 t "contexts are charged: 4 claims whose quotas fill the GPU all get their contexts and quotas" \
     FAKE_GPU_MEM=4g FAKE_CTX_MEM=300m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT claims 4 1024 300 "$W"
-t "a module load is charged" FAKE_GPU_MEM=4g FAKE_MODULE_MEM=128m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT module 1024 128
-t "cuCtxCreate'd contexts are charged and returned at cuCtxDestroy" \
-    FAKE_GPU_MEM=4g FAKE_CTX_MEM=256m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT ctxcreate 1024 256
+for how in data dataex fatbin library libfile; do
+    t "a module load is charged ($how)" FAKE_GPU_MEM=4g FAKE_MODULE_MEM=128m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT module 1024 128 $how
+done
+for version in v2 v3 v4 procaddr; do
+    t "cuCtxCreate'd contexts are charged and returned at cuCtxDestroy ($version)" \
+        FAKE_GPU_MEM=4g FAKE_CTX_MEM=256m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT ctxcreate 1024 256 $version
+done
 
 # Stream-ordered frees, pools, VMM, arrays.
 t "cuMemFreeAsync returns quota when the stream runs it" FAKE_GPU_MEM=4g CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT asyncfree 1024

@@ -593,39 +593,65 @@ static int cmd_claims(int n, uint64_t quota, uint64_t ctx, const char *dir)
     return 0;
 }
 
-/* module <quota MiB> <module MiB>: a loaded module's memory is charged
- * while it is loaded. */
-static int cmd_module(uint64_t quota, uint64_t mod)
+/* module <quota MiB> <module MiB> [how]: a loaded module's (or library's)
+ * memory is charged while it is loaded. how: data (cuModuleLoadData),
+ * dataex, fatbin, library (cuLibraryLoadData), libfile. */
+static int cmd_module(uint64_t quota, uint64_t mod, const char *how)
 {
     cuInit(0);
     primary_on(0);
     size_t f0 = free_mib();
     CUmodule m = NULL;
-    CUresult r = cuModuleLoadData(&m, "module image");
+    CUlibrary l = NULL;
+    CUresult r;
+    if (!strcmp(how, "dataex")) r = cuModuleLoadDataEx(&m, "module image", 0, NULL, NULL);
+    else if (!strcmp(how, "fatbin")) r = cuModuleLoadFatBinary(&m, "fat binary");
+    else if (!strcmp(how, "library")) r = cuLibraryLoadData(&l, "library image", NULL, NULL, 0, NULL, NULL, 0);
+    else if (!strcmp(how, "libfile")) r = cuLibraryLoadFromFile(&l, "/nonexistent.cubin", NULL, NULL, 0, NULL, NULL, 0);
+    else r = cuModuleLoadData(&m, "module image");
     size_t f1 = free_mib();
     int n = 0;
     CUdeviceptr objs[64];
     while (n < 64 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
     t_check(r == CUDA_SUCCESS && f0 - f1 == mod >> 20 && (uint64_t)n == (quota - mod) / (64 * MiB),
-            "module load: free %zu -> %zu MiB, then %d x 64 MiB fit (want %llu)", f0, f1, n,
+            "%s load: free %zu -> %zu MiB, then %d x 64 MiB fit (want %llu)", how, f0, f1, n,
             (unsigned long long)((quota - mod) / (64 * MiB)));
     for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
-    cuModuleUnload(m);
-    t_check(free_mib() == f0, "module unloaded: its charge returned (free %zu MiB)", free_mib());
+    if (l) cuLibraryUnload(l);
+    else cuModuleUnload(m);
+    t_check(free_mib() == f0, "%s unloaded: its charge returned (free %zu MiB)", how, free_mib());
     t_check(phys_peak(0) <= quota, "device memory used never exceeded the quota (peak %llu MiB)",
             (unsigned long long)(phys_peak(0) >> 20));
     return 0;
 }
 
-/* ctxcreate <quota MiB> <context MiB>: cuCtxCreate'd contexts are charged
- * while they live, and churn leaks nothing. */
-static int cmd_ctxcreate(uint64_t quota, uint64_t ctx)
+/* ctxcreate <quota MiB> <context MiB> [version]: cuCtxCreate'd contexts are
+ * charged while they live, and churn leaks nothing. version: v2 (default),
+ * v3, v4, or procaddr (cuCtxCreate from cuGetProcAddress as a CUDA 12.5+
+ * runtime asks for it: the driver hands out _v4). */
+static CUresult (*ctx_create)(CUcontext *c, unsigned flags, CUdevice d);
+static CUresult ctx_create_v3(CUcontext *c, unsigned flags, CUdevice d) { return cuCtxCreate_v3(c, NULL, 0, flags, d); }
+static CUresult ctx_create_v4(CUcontext *c, unsigned flags, CUdevice d) { return cuCtxCreate_v4(c, NULL, flags, d); }
+static __typeof__(&cuCtxCreate_v4) procaddr_v4;
+static CUresult ctx_create_procaddr(CUcontext *c, unsigned flags, CUdevice d) { return procaddr_v4(c, NULL, flags, d); }
+static int cmd_ctxcreate(uint64_t quota, uint64_t ctx, const char *version)
 {
     cuInit(0);
+    ctx_create = cuCtxCreate_v2;
+    if (!strcmp(version, "v3")) ctx_create = ctx_create_v3;
+    if (!strcmp(version, "v4")) ctx_create = ctx_create_v4;
+    if (!strcmp(version, "procaddr")) {
+        CUdriverProcAddressQueryResult st;
+        if (cuGetProcAddress_v2("cuCtxCreate", (void **)&procaddr_v4, 12080, 0, &st) != CUDA_SUCCESS || !procaddr_v4) {
+            t_check(0, "cuGetProcAddress(cuCtxCreate, 12080)");
+            return 0;
+        }
+        ctx_create = ctx_create_procaddr;
+    }
     CUcontext a, b;
-    CUresult ra = cuCtxCreate_v2(&a, 0, 0);
+    CUresult ra = ctx_create(&a, 0, 0);
     size_t f1 = free_mib();
-    CUresult rb = cuCtxCreate_v2(&b, 0, 0);
+    CUresult rb = ctx_create(&b, 0, 0);
     size_t f2 = free_mib();
     t_check(ra == CUDA_SUCCESS && rb == CUDA_SUCCESS && f1 == (quota - ctx) >> 20 && f2 == (quota - 2 * ctx) >> 20,
             "two created contexts: free %zu MiB, then %zu MiB", f1, f2);
@@ -634,7 +660,7 @@ static int cmd_ctxcreate(uint64_t quota, uint64_t ctx)
     t_check(free_mib() == (quota - ctx) >> 20, "one destroyed: free %zu MiB", free_mib());
     for (int i = 0; i < 50; i++) {
         CUcontext c;
-        if (cuCtxCreate_v2(&c, 0, 0) == CUDA_SUCCESS) cuCtxDestroy_v2(c);
+        if (ctx_create(&c, 0, 0) == CUDA_SUCCESS) cuCtxDestroy_v2(c);
     }
     cuCtxSetCurrent(a);
     size_t f3 = free_mib();
@@ -1032,8 +1058,10 @@ int main(int argc, char **argv)
     else if (!strcmp(c, "dlsym")) r = cmd_dlsym();
     else if (!strcmp(c, "ctxfill")) r = cmd_ctxfill(argv[2]);
     else if (!strcmp(c, "claims")) r = cmd_claims(atoi(argv[2]), strtoull(argv[3], 0, 10) * MiB, strtoull(argv[4], 0, 10) * MiB, argv[5]);
-    else if (!strcmp(c, "module")) r = cmd_module(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB);
-    else if (!strcmp(c, "ctxcreate")) r = cmd_ctxcreate(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB);
+    else if (!strcmp(c, "module"))
+        r = cmd_module(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, argc > 4 ? argv[4] : "data");
+    else if (!strcmp(c, "ctxcreate"))
+        r = cmd_ctxcreate(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, argc > 4 ? argv[4] : "v2");
     else if (!strcmp(c, "asyncfree")) r = cmd_asyncfree(strtoull(argv[2], 0, 10) * MiB);
     else if (!strcmp(c, "pool")) r = cmd_pool(strtoull(argv[2], 0, 10) * MiB);
     else if (!strcmp(c, "vmm")) r = cmd_vmm(strtoull(argv[2], 0, 10) * MiB);
