@@ -56,6 +56,8 @@ int vgpu_mem_reserve(struct vgpu_dev *d, uint64_t bytes)
     if (reserve_once(d, bytes, 0) == 0) return 0;
     /* pools of this process may have released memory since we last looked */
     if (vgpu_pools_sync(1) && reserve_once(d, bytes, 0) == 0) return 0;
+    /* and stream-ordered frees may have run */
+    if (vgpu_deferred_frees_poll() && reserve_once(d, bytes, 0) == 0) return 0;
     int di = d->region_dev;
     LOG_INFO("refusing %llu bytes on %s: %llu of %llu in use", (unsigned long long)bytes, d->uuid,
              di >= 0 ? (unsigned long long)__atomic_load_n(&vgpu_region_get()->dev[di].mem_used, __ATOMIC_RELAXED) : 0ull,

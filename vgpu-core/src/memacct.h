@@ -55,6 +55,9 @@ void vgpu_memacct_atfork_child(void);
  * allocated from it. Re-read every known pool's reserve (first trimming the
  * pools to what is in use if trim); returns the bytes given back. */
 uint64_t vgpu_pools_sync(int trim);
+/* Give back the charges of cuMemAlloc'd memory freed with cuMemFreeAsync
+ * whose streams have now run the free; returns the bytes given back. */
+uint64_t vgpu_deferred_frees_poll(void);
 void vgpu_pools_atfork_child(void);
 
 /* What the driver takes for contexts and modules (drvmem.c). */

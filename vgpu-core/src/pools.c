@@ -192,9 +192,66 @@ VGPU_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *ptr, size_t n, CU
     return alloc_from(ptr, n, p, s, REAL(cuMemAllocFromPoolAsync_ptsz));
 }
 
+/* cuMemAlloc'd memory freed with cuMemFreeAsync (CUDA allows it): the
+ * driver frees it when the stream reaches the free, so its charge stays
+ * until an event recorded right after the free has completed. Polled
+ * before an allocation is refused and when free memory is reported. */
+#define MAX_DEFERRED 1024
+static struct deferred {
+    CUevent ev;
+    struct vgpu_dev *dev;
+    uint64_t bytes;
+} deferred[MAX_DEFERRED];
+static int ndeferred;
+
+static void defer_unreserve(struct vgpu_dev *d, uint64_t b, CUstream s)
+{
+    int capturing = 0, kept = 0;
+    /* during a capture the free becomes a graph node, and an event record
+     * would too: give the charge back now, as before */
+    if (REAL(cuStreamIsCapturing)(s, &capturing) == CUDA_SUCCESS && !capturing) {
+        pthread_mutex_lock(&mu);
+        CUevent ev = NULL;
+        if (ndeferred < MAX_DEFERRED && REAL(cuEventCreate)(&ev, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) {
+            if (REAL(cuEventRecord)(ev, s) == CUDA_SUCCESS) {
+                deferred[ndeferred] = (struct deferred){ev, d, b};
+                __atomic_store_n(&ndeferred, ndeferred + 1, __ATOMIC_RELEASE);
+                kept = 1;
+            } else {
+                REAL(cuEventDestroy_v2)(ev);
+            }
+        }
+        pthread_mutex_unlock(&mu);
+    }
+    if (!kept) vgpu_mem_unreserve(d, b); /* cannot tell when it runs: now */
+}
+
+uint64_t vgpu_deferred_frees_poll(void)
+{
+    if (!__atomic_load_n(&ndeferred, __ATOMIC_ACQUIRE)) return 0;
+    if (pthread_mutex_trylock(&mu) != 0) return 0;
+    /* an event query is a potentially unsafe call: in the relaxed capture
+     * mode it neither fails nor invalidates another thread's capture */
+    int mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    int exchanged = REAL(cuThreadExchangeStreamCaptureMode)(&mode) == CUDA_SUCCESS;
+    uint64_t back = 0;
+    for (int i = 0; i < ndeferred;) {
+        CUresult r = REAL(cuEventQuery)(deferred[i].ev);
+        if (r == CUDA_ERROR_NOT_READY) { i++; continue; }
+        /* done, or the event is gone with its context (and the memory with it) */
+        vgpu_mem_unreserve(deferred[i].dev, deferred[i].bytes);
+        back += deferred[i].bytes;
+        REAL(cuEventDestroy_v2)(deferred[i].ev);
+        deferred[i] = deferred[--ndeferred];
+    }
+    if (exchanged) REAL(cuThreadExchangeStreamCaptureMode)(&mode);
+    pthread_mutex_unlock(&mu);
+    return back;
+}
+
 /* A stream-ordered free of pool memory only returns it to its pool (the
  * pool's reserve stays charged); one of a cuMemAlloc'd pointer gives the
- * quota back when it is queued. */
+ * quota back when the stream has run it. */
 static CUresult free_async(CUdeviceptr p, CUstream s, CUresult (*fn)(CUdeviceptr, CUstream))
 {
     if (!mem_on()) return fn(p, s);
@@ -202,7 +259,7 @@ static CUresult free_async(CUdeviceptr p, CUstream s, CUresult (*fn)(CUdeviceptr
     uint64_t b = 0;
     int had = vgpu_mem_take(VGPU_KIND_PTR, p, &d, &b);
     CUresult r = fn(p, s);
-    if (had && r == CUDA_SUCCESS) vgpu_mem_unreserve(d, b);
+    if (had && r == CUDA_SUCCESS) defer_unreserve(d, b, s);
     else if (had) vgpu_mem_retrack(VGPU_KIND_PTR, p, d, b);
     return r;
 }
@@ -259,4 +316,5 @@ void vgpu_pools_atfork_child(void)
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     mu = fresh;
     npools = 0; /* the parent's pools are not the child's */
+    ndeferred = 0; /* nor its events and pending frees (charged to the parent) */
 }

@@ -14,6 +14,8 @@ done
 
 # Stream-ordered frees, pools, VMM, arrays.
 t "cuMemFreeAsync returns quota when the stream runs it" FAKE_GPU_MEM=4g CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT asyncfree 1024
+t "cuMemFreeAsync of a cuMemAlloc'd pointer returns quota when the stream runs it" FAKE_GPU_MEM=4g \
+    CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT asyncfreeplain 1024
 t "pools: reserved memory stays charged until trimmed" FAKE_GPU_MEM=4g CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT pool 1024
 t "VMM: cuMemRelease while mapped keeps the charge until the last unmap" FAKE_GPU_MEM=4g CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT vmm 1024
 t "cuMemAllocFromPoolAsync is charged to the pool's device" FAKE_GPU_COUNT=2 CUDA_DEVICE_MEMORY_LIMIT_0=1g \

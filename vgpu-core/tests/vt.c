@@ -706,6 +706,39 @@ static int cmd_asyncfree(uint64_t quota)
     return 0;
 }
 
+/* asyncfreeplain <quota MiB>: cuMemFreeAsync of a cuMemAlloc'd pointer (which
+ * CUDA allows) frees it when the stream reaches the free, not when it is
+ * queued: its quota comes back then, never earlier. */
+static int cmd_asyncfreeplain(uint64_t quota)
+{
+    cuInit(0);
+    primary_on(0);
+    CUstream s;
+    cuStreamCreate(&s, CU_STREAM_NON_BLOCKING);
+    CUfunction k;
+    cuModuleGetFunction(&k, NULL, "sleep_ns");
+    uint64_t ns = 1000000000ull; /* the checks below run while it does */
+    void *params[] = {&ns};
+    CUdeviceptr p, q;
+    CUresult r1 = cuMemAlloc_v2(&p, 768 * MiB);
+    cuLaunchKernel(k, 1, 1, 1, 1, 1, 1, 0, s, params, NULL);
+    CUresult rf = cuMemFreeAsync(p, s); /* runs after the kernel */
+    size_t f1 = free_mib();
+    CUresult r2 = cuMemAlloc_v2(&q, 512 * MiB);
+    t_check(r1 == CUDA_SUCCESS && rf == CUDA_SUCCESS && r2 == CUDA_ERROR_OUT_OF_MEMORY && f1 <= (quota >> 20) - 768,
+            "free of a cuMemAlloc'd pointer queued behind a kernel: quota not back yet (alloc %d, free %d; then 512 MiB alloc: %d, free %zu MiB)",
+            r1, rf, r2, f1);
+    if (r2 == CUDA_SUCCESS) cuMemFree_v2(q);
+    cuStreamSynchronize(s);
+    size_t f2 = free_mib();
+    CUresult r3 = cuMemAlloc_v2(&q, 512 * MiB);
+    t_check(f2 == quota >> 20 && r3 == CUDA_SUCCESS, "after the stream ran the free: free %zu MiB, 512 MiB alloc %d", f2, r3);
+    if (r3 == CUDA_SUCCESS) cuMemFree_v2(q);
+    t_check(phys_peak(0) <= quota, "device memory used by the claim never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    return 0;
+}
+
 /* pool <quota MiB>: memory a pool keeps reserved stays charged until the
  * pool gives it back; reuse inside the pool needs no new quota; an
  * allocation that fits only without the pool's unused reserve trims it. */
@@ -1060,6 +1093,7 @@ int main(int argc, char **argv)
     else if (!strcmp(c, "claims")) r = cmd_claims(atoi(argv[2]), strtoull(argv[3], 0, 10) * MiB, strtoull(argv[4], 0, 10) * MiB, argv[5]);
     else if (!strcmp(c, "module"))
         r = cmd_module(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, argc > 4 ? argv[4] : "data");
+    else if (!strcmp(c, "asyncfreeplain")) r = cmd_asyncfreeplain(strtoull(argv[2], 0, 10) * MiB);
     else if (!strcmp(c, "ctxcreate"))
         r = cmd_ctxcreate(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, argc > 4 ? argv[4] : "v2");
     else if (!strcmp(c, "asyncfree")) r = cmd_asyncfree(strtoull(argv[2], 0, 10) * MiB);
