@@ -517,11 +517,7 @@ func TestHealthyFollowsTheSockets(t *testing.T) {
 // the way the chart runs it (kubeletplugin.RollingUpdate: calls serialised
 // by the helper's file lock), reachable over its own sockets.
 func rollingEnv(t testing.TB, root string, uid types.UID, claims ...*resourceapi.ResourceClaim) *env {
-	e := newEnvAt(t, root, claims...)
-	e.stop()
-	e.cfg.RollingUpdateUID = uid
-	e.start(t)
-	return e
+	return newEnvConfigured(t, root, func(cfg *Config) { cfg.RollingUpdateUID = uid }, claims...)
 }
 
 // TestRollingUpdateSideBySide: the old and the new plugin pod serve the
@@ -570,6 +566,78 @@ func TestRollingUpdateSideBySide(t *testing.T) {
 		}
 	}
 	niu.unprepare(t, claims[1:]...)
+	assertClean(t, niu)
+}
+
+// TestRollingUpdateSwitchedOn: an upgrade that turns rolling updates on.
+// The old instance runs without a pod UID (the helper takes no lock for
+// it), the new one with one; both serve at once, and the old one's periodic
+// reconcile (orphan sweep, reservation files) runs meanwhile. Nothing the
+// new instance prepared may be swept, no checkpoint update may be lost, and
+// the reservation files must count every claim.
+func TestRollingUpdateSwitchedOn(t *testing.T) {
+	var claims []*resourceapi.ResourceClaim
+	for i := 0; i < 16; i++ {
+		claims = append(claims, newClaim(fmt.Sprintf("s%d", i), []share{{"gpu", i % 3, "100Mi", "2"}}))
+	}
+	root, err := os.MkdirTemp("/tmp", "hd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	old := newEnvAt(t, root, claims...)
+	niu := rollingEnv(t, root, "pod-new", claims...)
+
+	var wg sync.WaitGroup
+	for i, e := range []*env{old, niu} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := i; j < len(claims); j += 2 {
+				if r := e.prepare(t, claims[j])[string(claims[j].UID)]; r.Error != "" {
+					t.Errorf("instance %d: %s", i, r.Error)
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() { // the old instance's cleanup loop, ticking fast
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := old.drv.withInstanceLock(func() error { return old.drv.reconcile(old.ctx()) }); err != nil {
+				t.Errorf("old instance's reconcile: %v", err)
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if err := old.drv.withInstanceLock(func() error { return old.drv.reconcile(old.ctx()) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range claims {
+		if got := old.specGPUNodes(t, string(c.UID)); got == nil {
+			t.Errorf("claim %s lost its CDI spec to the old instance's sweep", c.Name)
+		}
+	}
+	want := map[int]string{0: "12", 1: "10", 2: "10"} // 2 cores each: 6, 5 and 5 claims
+	for gpu, w := range want {
+		if r := old.reserved(t, gpu); r != w {
+			t.Errorf("GPU %d reserved=%s after the old instance's reconcile, want %s", gpu, r, w)
+		}
+	}
+	old.stop()
+	niu.restart(t) // reads the checkpoint from disk
+	if recs := niu.drv.store.Claims(); len(recs) != len(claims) {
+		t.Fatalf("checkpoint holds %d claims, want %d: an update was lost", len(recs), len(claims))
+	}
+	niu.unprepare(t, claims...)
 	assertClean(t, niu)
 }
 

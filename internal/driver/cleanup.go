@@ -52,10 +52,8 @@ func (d *Driver) cleanupLoop(ctx context.Context, every time.Duration) {
 // re-checks that the record is still the one that was found stale.
 func (d *Driver) cleanup(ctx context.Context) (removed int) {
 	logger := klog.FromContext(ctx)
-	if d.cfg.RollingUpdateUID != "" {
-		// The other instance may have prepared or unprepared claims.
-		_ = d.withInstanceLock(func() error { return nil })
-	}
+	// Another instance may have prepared or unprepared claims.
+	_ = d.withInstanceLock(func() error { return nil })
 	claims := d.store.Claims()
 	type stale struct {
 		uid string

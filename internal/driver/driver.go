@@ -92,9 +92,10 @@ type Config struct {
 	BootIDPath string
 	// RollingUpdateUID, when set, is the plugin pod's UID: it enables
 	// kubeletplugin.RollingUpdate, so an old and a new plugin pod may serve
-	// at the same time. The two instances then serialise every call,
-	// recovery and cleanup through a file lock in PluginDataDir and re-read
-	// the checkpoint under it (claims are then not prepared in parallel).
+	// at the same time. Instances serialise every call, recovery and
+	// cleanup through a file lock in PluginDataDir and re-read the
+	// checkpoint under it (with a UID the helper takes it for the calls,
+	// without one the driver does).
 	RollingUpdateUID types.UID
 	// MaxParallelClaims bounds how many claims of one gRPC call are
 	// prepared at once. Default 16.
@@ -354,13 +355,13 @@ func (d *Driver) instanceLockPath() string {
 	return filepath.Join(d.cfg.PluginDataDir, "serialize.lock")
 }
 
-// withInstanceLock runs fn excluding the other plugin instance during a
-// rolling update (and re-reads the checkpoint it may have changed); without
-// rolling updates there is no other instance and fn just runs.
+// withInstanceLock runs fn excluding any other plugin instance of the node
+// (and re-reads the checkpoint it may have changed). Every instance takes
+// it, with or without rolling updates: an upgrade that turns rolling
+// updates on runs an instance without a pod UID (whose calls the helper
+// does not serialise) beside one with it, and neither may sweep or
+// overwrite what the other just prepared.
 func (d *Driver) withInstanceLock(fn func() error) error {
-	if d.cfg.RollingUpdateUID == "" {
-		return fn()
-	}
 	if err := os.MkdirAll(d.cfg.PluginDataDir, 0o750); err != nil {
 		return err
 	}

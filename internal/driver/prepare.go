@@ -36,14 +36,29 @@ var CrashPoints = []string{cpPrepareStarted, cpPrepareClaimDir, cpPrepareCDISpec
 
 // PrepareResourceClaims implements kubeletplugin.DRAPlugin. Claims are
 // prepared in parallel; each fails on its own.
-func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	if d.cfg.RollingUpdateUID != "" {
-		// The helper holds the instances' file lock; the other instance
-		// may have changed the checkpoint since we last read it.
-		if err := d.store.Reload(); err != nil {
-			return nil, err
-		}
+func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (out map[types.UID]kubeletplugin.PrepareResult, err error) {
+	err = d.serialised(func() error {
+		out = d.prepareAll(ctx, claims)
+		return nil
+	})
+	return out, err
+}
+
+// serialised runs a kubelet call excluding the node's other plugin
+// instance: with a pod UID the helper holds the instances' lock already and
+// the checkpoint is re-read (the other instance may have changed it);
+// without one the driver takes the lock itself (withInstanceLock).
+func (d *Driver) serialised(fn func() error) error {
+	if d.cfg.RollingUpdateUID == "" {
+		return d.withInstanceLock(fn)
 	}
+	if err := d.store.Reload(); err != nil {
+		return err
+	}
+	return fn()
+}
+
+func (d *Driver) prepareAll(ctx context.Context, claims []*resourceapi.ResourceClaim) map[types.UID]kubeletplugin.PrepareResult {
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
 	var mu sync.Mutex
 	d.forEach(len(claims), func(i int) {
@@ -58,17 +73,20 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 		out[claim.UID] = kubeletplugin.PrepareResult{Devices: devs, Err: err}
 		mu.Unlock()
 	})
-	return out, nil
+	return out
 }
 
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin. Unknown claims
 // succeed: the kubelet retries and may ask twice.
-func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
-	if d.cfg.RollingUpdateUID != "" {
-		if err := d.store.Reload(); err != nil {
-			return nil, err
-		}
-	}
+func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (out map[types.UID]error, err error) {
+	err = d.serialised(func() error {
+		out = d.unprepareAll(ctx, claims)
+		return nil
+	})
+	return out, err
+}
+
+func (d *Driver) unprepareAll(ctx context.Context, claims []kubeletplugin.NamespacedObject) map[types.UID]error {
 	out := make(map[types.UID]error, len(claims))
 	var mu sync.Mutex
 	d.forEach(len(claims), func(i int) {
@@ -82,7 +100,7 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 		out[c.UID] = err
 		mu.Unlock()
 	})
-	return out, nil
+	return out
 }
 
 func (d *Driver) forEach(n int, fn func(i int)) {
