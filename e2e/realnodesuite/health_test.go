@@ -3,8 +3,6 @@ package realnodesuite
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,10 +107,10 @@ func TestRealNodeGPUHealth(t *testing.T) {
 
 // publishedGPU is a device of the real node's ResourceSlices.
 type publishedGPU struct {
-	device string
-	index  int64
-	uuid   string
-	taints []resourceapi.DeviceTaint
+	device       string
+	index, minor int64
+	uuid         string
+	taints       []resourceapi.DeviceTaint
 }
 
 func realNodeGPUs(ctx context.Context) (map[string]publishedGPU, error) {
@@ -126,6 +124,9 @@ func realNodeGPUs(ctx context.Context) (map[string]publishedGPU, error) {
 			g := publishedGPU{device: d.Name, taints: d.Taints}
 			if a, ok := d.Attributes["index"]; ok && a.IntValue != nil {
 				g.index = *a.IntValue
+			}
+			if a, ok := d.Attributes["minor"]; ok && a.IntValue != nil {
+				g.minor = *a.IntValue
 			}
 			if a, ok := d.Attributes["uuid"]; ok && a.StringValue != nil {
 				g.uuid = *a.StringValue
@@ -284,21 +285,12 @@ func checkStillRunning(t *testing.T, pods ...*corev1.Pod) {
 func waitMetric(t *testing.T, name, uuid, label, want string) {
 	t.Helper()
 	eventually(t, 30*time.Second, fmt.Sprintf("%s{gpu_uuid=%q,%s} = %s", name, uuid, label, want), func(ctx context.Context) (bool, string) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rnode.MetricsURL, nil)
-		if err != nil {
-			return false, err.Error()
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
+		body, err := pluginMetrics(ctx)
 		if err != nil {
 			return false, err.Error()
 		}
 		var seen []string
-		for _, line := range strings.Split(string(body), "\n") {
+		for _, line := range strings.Split(body, "\n") {
 			if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, `gpu_uuid="`+uuid+`"`) || !strings.Contains(line, label) {
 				continue
 			}

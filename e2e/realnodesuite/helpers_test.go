@@ -3,6 +3,8 @@ package realnodesuite
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -241,4 +243,19 @@ func wantAll(t *testing.T, what, text string, want ...string) {
 			t.Errorf("%s lacks %q", what, w)
 		}
 	}
+}
+
+// pluginMetrics reads the real node's plugin's /metrics.
+func pluginMetrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rnode.MetricsURL, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
 }

@@ -285,18 +285,13 @@ func TestRealNodeRestarts(t *testing.T) {
 // device name.
 func gpuMinors(t *testing.T) map[string]int64 {
 	t.Helper()
-	slices, err := client().ResourceV1().ResourceSlices().List(testContext(t, 10*time.Second),
-		metav1.ListOptions{FieldSelector: "spec.nodeName=" + realNodeName})
+	gpus, err := realNodeGPUs(testContext(t, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	minors := map[string]int64{}
-	for _, s := range slices.Items {
-		for _, d := range s.Spec.Devices {
-			if a, ok := d.Attributes[resourceapi.QualifiedName("minor")]; ok && a.IntValue != nil {
-				minors[d.Name] = *a.IntValue
-			}
-		}
+	for name, g := range gpus {
+		minors[name] = g.minor
 	}
 	return minors
 }

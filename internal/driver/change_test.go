@@ -520,6 +520,22 @@ func rollingEnv(t testing.TB, root string, uid types.UID, claims ...*resourceapi
 	return newEnvConfigured(t, root, func(cfg *Config) { cfg.RollingUpdateUID = uid }, claims...)
 }
 
+// prepareAlternately prepares every other claim through each instance,
+// both at once, in goroutines counted by wg.
+func prepareAlternately(t *testing.T, wg *sync.WaitGroup, claims []*resourceapi.ResourceClaim, instances ...*env) {
+	for i, e := range instances {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := i; j < len(claims); j += len(instances) {
+				if r := e.prepare(t, claims[j])[string(claims[j].UID)]; r.Error != "" {
+					t.Errorf("instance %d: %s", i, r.Error)
+				}
+			}
+		}()
+	}
+}
+
 // TestRollingUpdateSideBySide: the old and the new plugin pod serve the
 // same node at once over the kubelet's sockets, both prepare and
 // unprepare, then the old one goes away; no checkpoint update is lost.
@@ -536,19 +552,8 @@ func TestRollingUpdateSideBySide(t *testing.T) {
 	old := rollingEnv(t, root, "pod-old", claims...)
 	// The new pod starts while the old one serves.
 	niu := rollingEnv(t, root, "pod-new", claims...)
-
 	var wg sync.WaitGroup
-	for i, e := range []*env{old, niu} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := i; j < len(claims); j += 2 {
-				if r := e.prepare(t, claims[j])[string(claims[j].UID)]; r.Error != "" {
-					t.Errorf("instance %d: %s", i, r.Error)
-				}
-			}
-		}()
-	}
+	prepareAlternately(t, &wg, claims, old, niu)
 	wg.Wait()
 	// The new instance unprepares a claim the old one prepared, and the
 	// old one goes away.
@@ -587,19 +592,8 @@ func TestRollingUpdateSwitchedOn(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(root) })
 	old := newEnvAt(t, root, claims...)
 	niu := rollingEnv(t, root, "pod-new", claims...)
-
 	var wg sync.WaitGroup
-	for i, e := range []*env{old, niu} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := i; j < len(claims); j += 2 {
-				if r := e.prepare(t, claims[j])[string(claims[j].UID)]; r.Error != "" {
-					t.Errorf("instance %d: %s", i, r.Error)
-				}
-			}
-		}()
-	}
+	prepareAlternately(t, &wg, claims, old, niu)
 	stop := make(chan struct{})
 	wg.Add(1)
 	go func() { // the old instance's cleanup loop, ticking fast
