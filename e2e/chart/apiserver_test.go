@@ -171,6 +171,9 @@ func TestAPIServer(t *testing.T) {
 	t.Run("helm install, upgrade, uninstall", func(t *testing.T) {
 		testHelmInstall(ctx, t, cfg)
 	})
+	t.Run("helm install and uninstall each platform profile", func(t *testing.T) {
+		testHelmInstallPlatforms(ctx, t, cfg)
+	})
 	t.Run("helm install next to NVIDIA's device plugin", func(t *testing.T) {
 		testHelmDevicePlugin(ctx, t, cfg, admin)
 	})

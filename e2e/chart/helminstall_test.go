@@ -141,6 +141,70 @@ func testHelmInstall(ctx context.Context, t *testing.T, cfg *rest.Config) {
 	}
 }
 
+// testHelmInstallPlatforms installs the chart with each platform profile's
+// values file for real (`helm install -f platforms/<name>.yaml`), checks
+// that what the profile sets is in the stored DaemonSet, and uninstalls it
+// again; the profiles go one after the other, each in its own namespace
+// and with its own driver name, so that nothing of one is left for the
+// next to collide with.
+func testHelmInstallPlatforms(ctx context.Context, t *testing.T, cfg *rest.Config) {
+	names, err := Platforms()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chrt, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caps, err := capabilities(DefaultKubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := kubernetes.NewForConfigOrDie(cfg)
+	for _, name := range names {
+		values, err := PlatformValues(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, release, driver := "platform-"+name, "hami-dra", "vgpu."+name+".example.com"
+		values["driverName"] = driver
+		flags := genericclioptions.NewConfigFlags(false)
+		flags.KubeConfig = ptrTo(writeKubeconfig(t, cfg, ns))
+		flags.Namespace = ptrTo(ns)
+		acfg := action.NewConfiguration()
+		if err := acfg.Init(flags, ns, "secret"); err != nil {
+			t.Fatal(err)
+		}
+		acfg.Capabilities = caps
+		inst := action.NewInstall(acfg)
+		inst.ReleaseName, inst.Namespace, inst.CreateNamespace = release, ns, true
+		inst.WaitStrategy, inst.Timeout = kube.HookOnlyStrategy, time.Minute
+		if _, err := inst.RunWithContext(ctx, chrt, values); err != nil {
+			t.Errorf("helm install -f platforms/%s.yaml: %v", name, err)
+			continue
+		}
+		ds, err := admin.AppsV1().DaemonSets(ns).Get(ctx, release+"-kubelet-plugin", metav1.GetOptions{})
+		if err != nil {
+			t.Errorf("%s: DaemonSet after install: %v", name, err)
+		} else if want, _ := values["nvidiaDriverRoot"].(string); want != "" && pluginFlag(ds, "--driver-root=") != want {
+			t.Errorf("%s: installed --driver-root=%s, want %s", name, pluginFlag(ds, "--driver-root="), want)
+		}
+		if _, err := admin.ResourceV1().DeviceClasses().Get(ctx, driver, metav1.GetOptions{}); err != nil {
+			t.Errorf("%s: DeviceClass after install: %v", name, err)
+		}
+		un := action.NewUninstall(acfg)
+		un.WaitStrategy, un.Timeout = kube.HookOnlyStrategy, time.Minute
+		if _, err := un.Run(release); err != nil {
+			t.Errorf("helm uninstall (%s): %v", name, err)
+			continue
+		}
+		if _, err := admin.ResourceV1().DeviceClasses().Get(ctx, driver, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("%s: DeviceClass after uninstall: %v", name, err)
+		}
+		t.Logf("%s: installed and uninstalled", name)
+	}
+}
+
 func pluginFlag(ds *appsv1.DaemonSet, prefix string) string {
 	for _, c := range ds.Spec.Template.Spec.Containers {
 		for _, a := range c.Args {
