@@ -35,7 +35,10 @@
 #define GRAPH_MAGIC 0x62a9b0c5u
 
 struct CUfunc_st { int timed; };
-struct CUgraph_st { uint32_t magic; uint64_t ns; };
+struct CUgraph_st { uint32_t magic; uint64_t ns, mem; };
+/* An executable graph: its kernels' GPU time (first, as cuGraphLaunch reads
+ * it) and the bytes of its memory nodes. */
+struct fexec { uint64_t ns, mem; };
 static struct CUfunc_st timed_fn = {1}, plain_fn = {0};
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* lists, captures */
 
@@ -301,6 +304,7 @@ static CUresult begin_capture(CUstream s, int mode)
     st->cap_invalid = 0;
     st->cap_thread = pthread_self();
     st->cap_ns = 0;
+    st->cap_mem = 0;
     captures[slot] = st;
     pthread_mutex_unlock(&mu);
     return CUDA_SUCCESS;
@@ -323,7 +327,7 @@ CUresult cuStreamEndCapture(CUstream s, CUgraph *g)
         return CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
     }
     int invalid = st->cap_invalid;
-    uint64_t ns = st->cap_ns;
+    uint64_t ns = st->cap_ns, mem = st->cap_mem;
     uncapture(st);
     pthread_mutex_unlock(&mu);
     *g = NULL;
@@ -332,8 +336,21 @@ CUresult cuStreamEndCapture(CUstream s, CUgraph *g)
     if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
     x->magic = GRAPH_MAGIC;
     x->ns = ns;
+    x->mem = mem;
     *g = x;
     return CUDA_SUCCESS;
+}
+
+int fk_capture_alloc(CUstream s, uint64_t n)
+{
+    CUresult err = CUDA_SUCCESS;
+    struct CUstream_st *st = strm(s, &err);
+    if (!st) return -1;
+    pthread_mutex_lock(&mu);
+    int capturing = st->capturing;
+    if (capturing) st->cap_mem += n;
+    pthread_mutex_unlock(&mu);
+    return capturing;
 }
 
 CUresult cuStreamIsCapturing(CUstream s, int *status)
@@ -352,9 +369,9 @@ CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long lo
 {
     (void)flags;
     if (!e || !g || g->magic != GRAPH_MAGIC) return CUDA_ERROR_INVALID_VALUE;
-    uint64_t *x = malloc(sizeof *x);
+    struct fexec *x = malloc(sizeof *x);
     if (!x) return CUDA_ERROR_OUT_OF_MEMORY;
-    *x = g->ns;
+    *x = (struct fexec){g->ns, g->mem};
     *e = (CUgraphExec)x;
     return CUDA_SUCCESS;
 }
@@ -370,7 +387,9 @@ CUresult cuGraphDestroy(CUgraph g)
 /* ---- launches ---- */
 CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
 {
-    (void)m;
+    if (!f || !name) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = fm_kernel_load(m, name);
+    if (r != CUDA_SUCCESS) return r;
     *f = !strcmp(name, "sleep_ns") ? &timed_fn : &plain_fn;
     return CUDA_SUCCESS;
 }
@@ -424,7 +443,20 @@ CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, 
 {
     return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shm, s, params, NULL);
 }
-CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { return launch(s, g ? *(uint64_t *)g : 0); }
+/* The graph's memory nodes get their memory at launch, from the device's
+ * graph memory pool (CUDA programming guide, "Graph memory nodes"). */
+CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
+{
+    const struct fexec *x = (const struct fexec *)g;
+    if (x && x->mem) {
+        int dev;
+        uint64_t t;
+        if (fk_stream(s, &dev, &t)) return CUDA_ERROR_INVALID_HANDLE;
+        CUresult r = fm_graph_reserve(dev, x->mem);
+        if (r != CUDA_SUCCESS) return r;
+    }
+    return launch(s, x ? x->ns : 0);
+}
 CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { return cuGraphLaunch(g, s); }
 
 /* ---- events ---- */

@@ -18,6 +18,7 @@ struct CUstream_st {
     int capturing, cap_mode, cap_invalid;
     pthread_t cap_thread;
     uint64_t cap_ns;           /* GPU time of the kernels captured so far */
+    uint64_t cap_mem;          /* bytes of the memory nodes captured so far */
     struct CUstream_st *next;  /* the context's streams */
 };
 struct CUctx_st {

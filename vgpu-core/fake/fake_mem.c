@@ -4,7 +4,16 @@
  *    (fake_gpu.c), shared by all processes, and fails with
  *    CUDA_ERROR_OUT_OF_MEMORY when it is exhausted;
  *  - contexts and module loads take memory too (FAKE_CTX_MEM, FAKE_MODULE_MEM
- *    bytes, default 0), as the real driver's do;
+ *    bytes, default 0), as the real driver's do; under lazy loading
+ *    (CUDA_MODULE_LOADING=LAZY, the real default since CUDA 12.2) each
+ *    kernel also takes FAKE_KERNEL_MEM at its first cuModuleGetFunction,
+ *    as the CUDA programming guide's "Lazy Loading" describes for driver
+ *    API users (the runtime loads at first launch: same memory, later);
+ *  - a stream-ordered allocation made while its stream is being captured
+ *    is a graph memory node: it takes nothing then; the device's graph
+ *    memory pool reserves the graph's memory at its launch and keeps it
+ *    until cuDeviceGraphMemTrim (modelled as called after the graphs have
+ *    run: it releases the whole reserve);
  *  - stream-ordered frees take effect when the stream reaches them, and the
  *    memory then goes back to its pool, which keeps it reserved until it is
  *    trimmed (cuMemPoolTrimTo) or a synchronisation finds the pool above its
@@ -33,7 +42,7 @@
 #define POOL_GRANULE (2ull << 20)
 #define ROW_ALIGN 512
 
-enum { OBJ_PLAIN, OBJ_POOL, OBJ_VMM, OBJ_MODULE };
+enum { OBJ_PLAIN, OBJ_POOL, OBJ_VMM, OBJ_MODULE, OBJ_GRAPH /* a captured allocation: no memory of its own */ };
 struct fobj {
     uint32_t magic;
     int kind;
@@ -50,7 +59,13 @@ struct CUmemPoolHandle_st {
     uint64_t reserved, used, threshold, reserved_high, used_high;
     struct CUmemPoolHandle_st *next;
 };
-struct CUmod_st { struct fobj *o; };
+#define MAX_KERNELS 64
+struct CUmod_st {
+    struct fobj *o;                   /* the module's eagerly loaded part */
+    int lazy, nk;
+    char *kname[MAX_KERNELS];         /* kernels loaded lazily so far */
+    struct fobj *kmem[MAX_KERNELS];
+};
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct CUmemPoolHandle_st defpool[FG_MAX_DEV];  /* by ordinal */
@@ -61,6 +76,7 @@ static size_t npend, cappend;
 static struct mapping { CUdeviceptr p; size_t size; struct fobj *o; } *maps;
 static size_t nmaps, capmaps;
 static uint64_t held[FG_MAX_DEV]; /* bytes this process holds, per host index */
+static uint64_t graph_reserved[FG_MAX_DEV]; /* the graph memory pool's reserve, per host index */
 static uint64_t next_va = 0x7f0000000000ull;
 
 static uint64_t env_bytes(const char *name)
@@ -113,7 +129,7 @@ static void finish_free(struct fobj *o)
         struct CUmemPoolHandle_st *p = o->pool;
         p->used -= o->size;
         if (p->destroyed) pool_release_to(p, 0);
-    } else {
+    } else if (o->kind != OBJ_GRAPH) {
         give(o->dev, o->size);
     }
     kill_obj(o);
@@ -196,11 +212,24 @@ static CUresult pool_alloc(struct CUmemPoolHandle_st *p, uint64_t n, uint64_t *o
     return CUDA_SUCCESS;
 }
 
+/* 1 and *out set if s is being captured: the allocation becomes a memory
+ * node of the graph, with an address and no memory until the graph runs. */
+static int captured_alloc(CUstream s, int d, uint64_t n, uint64_t *out, CUresult *r)
+{
+    if (fk_capture_alloc(s, n) != 1) return 0;
+    struct fobj *o = n ? new_obj(OBJ_GRAPH, fk_host(d), n) : NULL;
+    *r = o ? CUDA_SUCCESS : n ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_ERROR_INVALID_VALUE;
+    if (o) *out = (uint64_t)(uintptr_t)o;
+    return 1;
+}
+
 static CUresult alloc_async(CUdeviceptr *p, size_t n, CUstream s)
 {
     int d;
     uint64_t t;
+    CUresult r;
     if (fk_stream(s, &d, &t)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (captured_alloc(s, d, n, p, &r)) return r;
     struct CUmemPoolHandle_st *pool = curpool[d] ? curpool[d] : default_pool(d);
     return pool_alloc(pool, n, p);
 }
@@ -213,6 +242,8 @@ static CUresult alloc_from_pool(CUdeviceptr *p, size_t n, CUmemoryPool pl, CUstr
     if (fk_stream(s, &d, &t)) return CUDA_ERROR_INVALID_CONTEXT;
     struct CUmemPoolHandle_st *pool = pool_ok(pl);
     if (!pool) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r;
+    if (captured_alloc(s, d, n, p, &r)) return r;
     return pool_alloc(pool, n, p); /* memory of the pool's device, whatever the stream's */
 }
 CUresult cuMemAllocFromPoolAsync(CUdeviceptr *p, size_t n, CUmemoryPool pl, CUstream s)
@@ -230,6 +261,7 @@ static CUresult free_now(CUdeviceptr p)
 {
     struct fobj *o = obj(p, OBJ_PLAIN);
     if (!o) o = obj(p, OBJ_POOL);
+    if (!o) o = obj(p, OBJ_GRAPH);
     if (!o) return CUDA_ERROR_INVALID_VALUE;
     finish_free(o);
     return CUDA_SUCCESS;
@@ -238,6 +270,7 @@ static CUresult free_async(CUdeviceptr p, CUstream s)
 {
     struct fobj *o = obj(p, OBJ_PLAIN);
     if (!o) o = obj(p, OBJ_POOL);
+    if (!o && (o = obj(p, OBJ_GRAPH))) { finish_free(o); return CUDA_SUCCESS; } /* a free node of its graph */
     if (!o) return CUDA_ERROR_INVALID_VALUE;
     int lane;
     uint64_t seq = 0;
@@ -585,6 +618,8 @@ static CUresult module_load(CUmodule *m)
         CUresult r = plain_on(d, n, OBJ_MODULE, &x->o);
         if (r != CUDA_SUCCESS) { free(x); return r; }
     }
+    const char *mode = getenv("CUDA_MODULE_LOADING");
+    x->lazy = mode && !strcmp(mode, "LAZY");
     *m = x;
     return CUDA_SUCCESS;
 }
@@ -598,6 +633,15 @@ CUresult cuModuleLoadDataEx(CUmodule *m, const void *image, unsigned int nopts, 
 }
 CUresult cuModuleLoadFatBinary(CUmodule *m, const void *fatbin) { (void)fatbin; ENTER(); LEAVE(module_load(m)); }
 
+static void module_free(CUmodule m)
+{
+    if (m->o) finish_free(m->o);
+    for (int i = 0; i < m->nk; i++) {
+        if (m->kmem[i]) finish_free(m->kmem[i]);
+        free(m->kname[i]);
+    }
+    free(m);
+}
 /* A library (CUDA 12) is loaded into every context; modelled eagerly: its
  * code takes FAKE_MODULE_MEM in the current context at load, none when no
  * context is current (it would load later, as lazy loading does). */
@@ -632,19 +676,56 @@ CUresult cuLibraryUnload(CUlibrary l)
 {
     ENTER();
     if (!l) LEAVE(CUDA_ERROR_INVALID_VALUE);
-    if (l->mod) {
-        if (l->mod->o) finish_free(l->mod->o);
-        free(l->mod);
-    }
+    if (l->mod) module_free(l->mod);
     free(l);
     LEAVE(CUDA_SUCCESS);
 }
+CUresult fm_kernel_load(CUmodule m, const char *name)
+{
+    uint64_t n = env_bytes("FAKE_KERNEL_MEM");
+    if (!m || !m->lazy || !n) return CUDA_SUCCESS; /* NULL: the fake's built-in kernels */
+    ENTER();
+    for (int i = 0; i < m->nk; i++)
+        if (!strcmp(m->kname[i], name)) LEAVE(CUDA_SUCCESS);
+    if (m->nk == MAX_KERNELS) LEAVE(CUDA_SUCCESS); /* the fake stops charging; tests stay below */
+    int d = fk_current_dev();
+    if (d < 0) LEAVE(CUDA_ERROR_INVALID_CONTEXT);
+    char *copy = strdup(name);
+    if (!copy) LEAVE(CUDA_ERROR_OUT_OF_MEMORY);
+    struct fobj *o = NULL;
+    CUresult r = plain_on(d, n, OBJ_MODULE, &o);
+    if (r != CUDA_SUCCESS) { free(copy); LEAVE(r); }
+    m->kname[m->nk] = copy;
+    m->kmem[m->nk++] = o;
+    LEAVE(CUDA_SUCCESS);
+}
+
+CUresult fm_graph_reserve(CUdevice d, uint64_t bytes)
+{
+    ENTER();
+    int h = fk_host(d);
+    if (h < 0) LEAVE(CUDA_ERROR_INVALID_DEVICE);
+    if (graph_reserved[h] < bytes) {
+        if (take(h, bytes - graph_reserved[h])) LEAVE(CUDA_ERROR_OUT_OF_MEMORY);
+        graph_reserved[h] = bytes;
+    }
+    LEAVE(CUDA_SUCCESS);
+}
+CUresult cuDeviceGraphMemTrim(CUdevice d)
+{
+    ENTER();
+    int h = fk_host(d);
+    if (h < 0) LEAVE(CUDA_ERROR_INVALID_DEVICE);
+    if (graph_reserved[h]) give(h, graph_reserved[h]);
+    graph_reserved[h] = 0;
+    LEAVE(CUDA_SUCCESS);
+}
+
 CUresult cuModuleUnload(CUmodule m)
 {
     ENTER();
     if (!m) LEAVE(CUDA_ERROR_INVALID_VALUE);
-    if (m->o) finish_free(m->o);
-    free(m);
+    module_free(m);
     LEAVE(CUDA_SUCCESS);
 }
 
@@ -674,6 +755,7 @@ static void forget_in_child(void)
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     mu = fresh;
     memset(held, 0, sizeof held);
+    memset(graph_reserved, 0, sizeof graph_reserved);
     npend = 0;
     nmaps = 0;
 }

@@ -23,6 +23,16 @@ int fk_stream_marker(CUstream s, int *lane, uint64_t *seq);
  * CUDA_ERROR_OUT_OF_MEMORY when the device has no room for it. */
 CUresult fm_ctx_acquire(CUdevice d);
 void fm_ctx_release(CUdevice d);
+/* fake_exec.c: 1 if s is being captured (n bytes of memory nodes are then
+ * added to the capture's graph), 0 if not, -1 for an invalid stream. */
+int fk_capture_alloc(CUstream s, uint64_t n);
+/* fake_mem.c: a graph with `bytes` of memory nodes is launched on device d:
+ * the device's graph memory pool reserves them if it holds less
+ * (CUDA_ERROR_OUT_OF_MEMORY when the device has no room). */
+CUresult fm_graph_reserve(CUdevice d, uint64_t bytes);
+/* fake_mem.c: kernel `name` of module m is fetched; under lazy loading its
+ * code takes FAKE_KERNEL_MEM bytes at its first fetch. */
+CUresult fm_kernel_load(CUmodule m, const char *name);
 /* Stream, event and context synchronisation: pools release what they hold
  * above their release threshold (CUDA's documented trim point). */
 void fm_on_sync(void);

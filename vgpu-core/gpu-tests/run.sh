@@ -32,6 +32,9 @@ done
 env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" meminfo procaddr $QM | tee -a "$RES"
 env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" kill inlock $QM "$W/pause" | tee -a "$RES"
 env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" concurrent 8 4 $QM | grep -v 'physical\|exercised' | tee -a "$RES"
+# A graph's memory nodes: the graph memory pool the driver reserves at the
+# graph's launch is charged to the claim, and returned after a trim.
+env "${E[@]}" CUDA_DEVICE_MEMORY_LIMIT=$Q "$W/vt" graphmem $QM 1024 | tee -a "$RES"
 PASS=$((PASS + $(grep -c '^ok ' "$RES"))); FAIL=$((FAIL + $(grep -c '^not ok ' "$RES")))
 # Four claims whose quotas fill what the GPU offers tenants (total minus
 # the driver's reserved memory): contexts are inside the quotas, so the last

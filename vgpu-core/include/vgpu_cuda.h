@@ -255,7 +255,8 @@ X(CUresult, cuStreamEndCapture, (CUstream s, CUgraph *g)) \
 X(CUresult, cuThreadExchangeStreamCaptureMode, (int *mode)) \
 X(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec *e, CUgraph g, unsigned long long flags)) \
 X(CUresult, cuGraphExecDestroy, (CUgraphExec e)) \
-X(CUresult, cuGraphDestroy, (CUgraph g))
+X(CUresult, cuGraphDestroy, (CUgraph g)) \
+X(CUresult, cuDeviceGraphMemTrim, (CUdevice d))
 
 #define VGPU_DECLARE_PROTO(ret, name, args) ret name args;
 #pragma GCC visibility push(default)

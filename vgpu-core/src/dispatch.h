@@ -34,6 +34,7 @@ X(cuCtxCreate_v2, 1) X(cuCtxDestroy_v2, 1) X(cuDevicePrimaryCtxRetain, 1) X(cuDe
 X(cuCtxCreate_v3, 1) X(cuCtxCreate_v4, 1) \
 X(cuModuleLoad, 1) X(cuModuleLoadData, 1) X(cuModuleLoadDataEx, 1) X(cuModuleLoadFatBinary, 1) X(cuModuleUnload, 1) \
 X(cuLibraryLoadData, 1) X(cuLibraryLoadFromFile, 1) X(cuLibraryUnload, 1) \
+X(cuModuleGetFunction, 1) X(cuDeviceGraphMemTrim, 1) \
 X(cuMemPoolCreate, 1) X(cuMemPoolDestroy, 1) X(cuMemPoolTrimTo, 1) X(cuMemMap, 1) X(cuMemUnmap, 1) \
 X(cuDeviceGetDefaultMemPool, 0) X(cuDeviceGetMemPool, 0) X(cuMemPoolGetAttribute, 0) \
 X(cuArrayGetMemoryRequirements, 0) X(cuMipmappedArrayGetMemoryRequirements, 0)

@@ -136,12 +136,14 @@ void vgpu_drvmem_primary_reset(CUdevice dev)
         if (!d_) return call;                                                         \
         if (vgpu_mem_book() != 0) return CUDA_ERROR_OUT_OF_MEMORY;                    \
         struct reading before_, after_;                                               \
+        vgpu_procmem_hold();                                                          \
         int measured_ = read_nvml(d_, &before_) == 0;                                 \
         CUresult r_ = call;                                                           \
         uint64_t b_ = r_ == CUDA_SUCCESS && measured_ && read_nvml(d_, &after_) == 0 ? took(&before_, &after_) : 0; \
         if (r_ == CUDA_SUCCESS) charge(d_, b_, "a context");                          \
         if (r_ == CUDA_SUCCESS) vgpu_mem_track(VGPU_KIND_CTX, (uintptr_t)*(c), d_, b_); \
         else vgpu_mem_unbook();                                                       \
+        vgpu_procmem_release();                                                       \
         return r_;                                                                    \
     } while (0)
 
@@ -180,12 +182,14 @@ VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext c)
         if (!d_ || !d_->mem_limit) return call;                                       \
         if (vgpu_mem_book() != 0) return CUDA_ERROR_OUT_OF_MEMORY;                    \
         struct reading before_, after_;                                               \
+        vgpu_procmem_hold();                                                          \
         int measured_ = read_cuda(d_, &before_) == 0;                                 \
         CUresult r_ = call;                                                           \
         uint64_t b_ = r_ == CUDA_SUCCESS && measured_ && read_cuda(d_, &after_) == 0 ? took(&before_, &after_) : 0; \
         if (r_ == CUDA_SUCCESS) charge(d_, b_, "a module");                           \
         if (r_ == CUDA_SUCCESS) vgpu_mem_track(VGPU_KIND_MODULE, (uintptr_t)*(m), d_, b_); \
         else vgpu_mem_unbook();                                                       \
+        vgpu_procmem_release();                                                       \
         return r_;                                                                    \
     } while (0)
 
@@ -225,11 +229,32 @@ VGPU_EXPORT CUresult cuLibraryLoadFromFile(CUlibrary *l, const char *fname, CUji
         CUresult r_ = call;                                                           \
         if (had_ && r_ == CUDA_SUCCESS) vgpu_mem_unreserve(d_, b_);                   \
         else if (had_) vgpu_mem_retrack(VGPU_KIND_MODULE, (uintptr_t)(h), d_, b_);    \
+        if (r_ == CUDA_SUCCESS) vgpu_procmem_dirty(vgpu_dev_current()); /* lazily loaded code went too */ \
         return r_;                                                                    \
     } while (0)
 
 VGPU_EXPORT CUresult cuModuleUnload(CUmodule m) { UNLOAD(m, REAL(cuModuleUnload)(m)); }
 VGPU_EXPORT CUresult cuLibraryUnload(CUlibrary l) { UNLOAD(l, REAL(cuLibraryUnload)(l)); }
+
+/* Under lazy loading a kernel's code is loaded when it is first fetched
+ * (driver API) or launched (runtime): memory no allocation names, charged
+ * from NVML's figure for this process at the next memory call. */
+VGPU_EXPORT CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
+{
+    vgpu_ensure_init();
+    CUresult r = REAL(cuModuleGetFunction)(f, m, name);
+    if (r == CUDA_SUCCESS && vgpu_cfg.mem_any) vgpu_procmem_dirty(vgpu_dev_current());
+    return r;
+}
+
+/* The graph memory pool gives back what no graph uses. */
+VGPU_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev)
+{
+    CUresult r = REAL(cuDeviceGraphMemTrim)(dev);
+    struct vgpu_dev *d;
+    if (r == CUDA_SUCCESS && (d = limited_dev(dev))) vgpu_procmem_dirty(d);
+    return r;
+}
 
 void vgpu_drvmem_atfork_child(void)
 {

@@ -9,6 +9,7 @@
 #include "devices.h"
 #include "limiter.h"
 #include "memacct.h"
+#include "nvproc.h"
 #include "region.h"
 #include <pthread.h>
 #include <sched.h>
@@ -24,6 +25,8 @@ static void atfork_child(void)
     vgpu_memacct_atfork_child();
     vgpu_pools_atfork_child();
     vgpu_drvmem_atfork_child();
+    vgpu_procmem_atfork_child();
+    vgpu_nvproc_atfork_child();
     vgpu_devices_atfork_child();
     if (__atomic_load_n(&vgpu_init_state, __ATOMIC_RELAXED) == 1) __atomic_store_n(&vgpu_init_state, 0, __ATOMIC_RELAXED);
 }

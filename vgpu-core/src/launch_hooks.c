@@ -1,7 +1,9 @@
 /* Every kernel launch path. Without a compute limit the hook is one load and
  * one predictable branch in front of the driver call. */
+#include "config.h"
 #include "dispatch.h"
 #include "limiter.h"
+#include "memacct.h"
 
 /* In the _ptsz variants a NULL stream is the calling thread's default stream:
  * the limiter's events must go there, not to the legacy stream. */
@@ -54,5 +56,15 @@ VGPU_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, u
     LAUNCH(PTSZ(s), REAL(cuLaunchCooperativeKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shm, s, params));
 }
 
-VGPU_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { LAUNCH(s, REAL(cuGraphLaunch)(g, s)); }
-VGPU_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { LAUNCH(PTSZ(s), REAL(cuGraphLaunch_ptsz)(g, s)); }
+/* A graph's first launch is where the driver reserves memory for its memory
+ * nodes (procmem.c charges it). */
+static CUresult graph_launched(CUgraphExec g, CUresult r)
+{
+    if (r == CUDA_SUCCESS && __builtin_expect(vgpu_cfg.mem_any, 0)) vgpu_procmem_graph_launched(g);
+    return r;
+}
+VGPU_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { LAUNCH(s, graph_launched(g, REAL(cuGraphLaunch)(g, s))); }
+VGPU_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s)
+{
+    LAUNCH(PTSZ(s), graph_launched(g, REAL(cuGraphLaunch_ptsz)(g, s)));
+}

@@ -19,7 +19,7 @@
  *    settlements (see poll_pending). NVML names processes by host
  *    PID; this process's is found once, by allocating two probe buffers of
  *    distinct sizes and finding the one process whose memory moved by exactly
- *    them (see find_hostpid).
+ *    them (nvproc.c).
  *  - Nothing here runs a potentially unsafe call where a stream capture could
  *    see it: event polling runs in the relaxed capture mode, events are never
  *    recorded into a capturing stream, and launches into a capture are not
@@ -32,6 +32,7 @@
 #include "devices.h"
 #include "dispatch.h"
 #include "log.h"
+#include "nvproc.h"
 #include "region.h"
 #include <errno.h>
 #include <pthread.h>
@@ -253,74 +254,12 @@ static void tokens_add(struct lim_dev *l, struct vgpu_region_device *d, int64_t 
 
 /* ---- NVML: this process's own GPU time (pend_mu held) ---- */
 
-static int nv_list(struct lim_dev *l, nvmlProcessInfo_t *p, unsigned *n)
-{
-    unsigned cap = *n;
-    nvmlReturn_t r = REAL(nvmlDeviceGetComputeRunningProcesses_v3)(l->nvh, n, p);
-    if (r != NVML_SUCCESS) return -1;
-    if (*n > cap) *n = cap;
-    return 0;
-}
-
-static unsigned long long nv_mem_of(const nvmlProcessInfo_t *p, unsigned n, unsigned pid)
-{
-    for (unsigned i = 0; i < n; i++)
-        if (p[i].pid == pid) return p[i].usedGpuMemory;
-    return 0;
-}
-
-/* NVML names processes by host PID, and this process may live in another PID
- * namespace. Without guessing from timing (HAMi's slow, racy PID diffing):
- * allocate a probe buffer of a size chosen for this process and find the
- * processes whose NVML memory rose by that size and fell back by it when it
- * was freed; two probes of different sizes must single out one process.
- * A few NVML and allocation calls, once per process and device. */
-static unsigned find_hostpid(struct lim_dev *l)
-{
-    nvmlProcessInfo_t a[256], b[256], c[256];
-    unsigned cand[256], next[256], nc = 0;
-    unsigned self = (unsigned)getpid();
-    for (int round = 0; round < 2; round++) {
-        /* 2 MiB pages; sizes differ per process and per round */
-        size_t size = ((size_t)(2 + round * 5 + (self + (unsigned)now_ns()) % 5)) << 21;
-        unsigned na = 256, nb = 256, ncc = 256;
-        CUdeviceptr p = 0;
-        if (nv_list(l, a, &na)) return 0;
-        for (unsigned i = 0; i < na; i++)
-            if (a[i].pid == self && round == 0) return self; /* same PID namespace as the driver */
-        if (REAL(cuMemAlloc_v2)(&p, size) != CUDA_SUCCESS) return 0;
-        int okb = nv_list(l, b, &nb);
-        REAL(cuMemFree_v2)(p);
-        if (okb || nv_list(l, c, &ncc)) return 0;
-        unsigned nn = 0;
-        for (unsigned i = 0; i < nb; i++) {
-            unsigned long long before = nv_mem_of(a, na, b[i].pid), after = b[i].usedGpuMemory,
-                               back = nv_mem_of(c, ncc, b[i].pid);
-            int moved = after >= before + size && after < before + size + (2u << 20) && back + size <= after &&
-                        back + size + (2u << 20) > after;
-            if (!moved) continue;
-            int keep = round == 0;
-            for (unsigned k = 0; k < nc && !keep; k++) keep = cand[k] == b[i].pid;
-            if (keep) next[nn++] = b[i].pid;
-        }
-        memcpy(cand, next, nn * sizeof *cand);
-        nc = nn;
-        if (!nc) return 0;
-    }
-    return nc == 1 ? cand[0] : 0;
-}
-
 static void nv_setup(struct lim_dev *l)
 {
     l->nv_state = -1;
-    if (REAL(nvmlInit_v2)() != NVML_SUCCESS) return;
-    if (REAL(nvmlDeviceGetHandleByUUID)(l->dev->uuid, &l->nvh) != NVML_SUCCESS) return;
-    l->hostpid = find_hostpid(l);
-    if (!l->hostpid) {
-        LOG_WARN("%s: this process is not identifiable in NVML's process list: compute time measured by events only",
-                 l->dev->uuid);
-        return;
-    }
+    int r = vgpu_nvproc_find(l->dev, &l->nvh, &l->hostpid);
+    if (r == VGPU_NVPROC_UNKNOWN) LOG_WARN("%s: compute time measured by events only", l->dev->uuid);
+    if (r != VGPU_NVPROC_OK) return;
     l->ratio = 1.0;
     l->rec_t = now_ns();
     struct timespec rt;
@@ -328,7 +267,6 @@ static void nv_setup(struct lim_dev *l)
     l->nv_last_us = (unsigned long long)rt.tv_sec * 1000000ull + (unsigned long long)rt.tv_nsec / 1000;
     l->nv_period_us = NVML_PERIOD_US; /* until two samples tell */
     l->nv_state = 1;
-    LOG_INFO("%s: NVML names this process %u", l->dev->uuid, l->hostpid);
 }
 
 /* Charges made from events up to monotonic time t. */

@@ -258,6 +258,7 @@ static void quota_view(struct vgpu_dev *d, uint64_t *total, uint64_t *free_b)
     vgpu_mem_maybe_reclaim();
     vgpu_pools_sync(0); /* what pools released since we last looked */
     vgpu_deferred_frees_poll(); /* and stream-ordered frees that have run */
+    vgpu_procmem_sync(d, 0); /* and driver memory no hook saw, if due */
     uint64_t limit = d->mem_limit < *total ? d->mem_limit : *total;
     uint64_t used = vgpu_mem_used(d);
     uint64_t left = used < limit ? limit - used : 0;

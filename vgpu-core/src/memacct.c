@@ -53,7 +53,10 @@ static int reserve_once(struct vgpu_dev *d, uint64_t bytes, int force)
 
 int vgpu_mem_reserve(struct vgpu_dev *d, uint64_t bytes)
 {
+    vgpu_procmem_sync(d, 0); /* driver memory no hook saw, if due */
     if (reserve_once(d, bytes, 0) == 0) return 0;
+    /* that memory may have gone since it was last read */
+    if (vgpu_procmem_sync(d, 1) && reserve_once(d, bytes, 0) == 0) return 0;
     /* pools of this process may have released memory since we last looked */
     if (vgpu_pools_sync(1) && reserve_once(d, bytes, 0) == 0) return 0;
     /* and stream-ordered frees may have run */
@@ -84,6 +87,17 @@ void vgpu_mem_unreserve(struct vgpu_dev *d, uint64_t bytes)
         __atomic_store_n(&r->dev[di].mem_used, t > bytes ? t - bytes : 0, __ATOMIC_SEQ_CST);
     }
     vgpu_region_unlock();
+}
+
+uint64_t vgpu_mem_mine(struct vgpu_dev *d)
+{
+    int di = vgpu_dev_region_index(d);
+    if (di < 0) return 0;
+    struct vgpu_region *r = vgpu_region_lock();
+    int slot = vgpu_region_my_slot();
+    uint64_t v = slot >= 0 ? __atomic_load_n(&r->slot[slot].used[di], __ATOMIC_SEQ_CST) : 0;
+    vgpu_region_unlock();
+    return v;
 }
 
 uint64_t vgpu_mem_used(struct vgpu_dev *d)

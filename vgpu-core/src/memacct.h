@@ -45,6 +45,22 @@ uint64_t vgpu_vmm_unmapped(uint64_t va, uint64_t size, struct vgpu_dev **d);
  * marked released), 0 if the release frees it (then FREE as usual). */
 int vgpu_vmm_release_deferred(uint64_t handle);
 
+/* Bytes charged to this process's slot on d. */
+uint64_t vgpu_mem_mine(struct vgpu_dev *d);
+/* Driver memory no hook sees (procmem.c): what NVML reports for this process
+ * on d beyond what the hooks charged is charged too. Re-read at most every
+ * 100 ms, at the next call after vgpu_procmem_dirty, or now if force;
+ * returns the bytes given back. */
+uint64_t vgpu_procmem_sync(struct vgpu_dev *d, int force);
+/* Something may have taken (or released) such memory on d. */
+void vgpu_procmem_dirty(struct vgpu_dev *d);
+/* After a successful graph launch: its first launch marks the current
+ * device dirty (the graph memory pool reserves at a graph's launch). */
+void vgpu_procmem_graph_launched(CUgraphExec g);
+/* Around a driver call whose memory is charged only after it returns. */
+void vgpu_procmem_hold(void);
+void vgpu_procmem_release(void);
+void vgpu_procmem_atfork_child(void);
 /* Claim-wide bytes in use on d (lock-free read). */
 uint64_t vgpu_mem_used(struct vgpu_dev *d);
 /* Occasionally reclaim dead processes' usage (rate-limited; for info calls). */

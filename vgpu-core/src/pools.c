@@ -131,9 +131,11 @@ static struct vgpu_dev *pool_device(CUmemoryPool p)
             pthread_mutex_unlock(&mu);                                             \
             return CUDA_ERROR_OUT_OF_MEMORY;                                       \
         }                                                                          \
+        vgpu_procmem_hold(); /* a pool may grow by more than need_ */              \
         CUresult r_ = call;                                                        \
         if (e_) settle(e_, need_);                                                 \
         else if (need_) vgpu_mem_unreserve((d), need_);                            \
+        vgpu_procmem_release();                                                    \
         pthread_mutex_unlock(&mu);                                                 \
         return r_;                                                                 \
     } while (0)

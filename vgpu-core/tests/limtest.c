@@ -81,6 +81,18 @@ static void *run_thread(void *arg)
         __typeof__(&cuGetProcAddress_v2) gpa = (__typeof__(gpa))dlsym(h, "cuGetProcAddress_v2");
         gpa("cuLaunchKernel", (void **)&launch, 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, NULL);
     }
+    /* path graph: a one-kernel graph, captured and instantiated as CUDA
+     * programs do; its launches are what is throttled */
+    CUgraphExec ge = NULL;
+    if (!strcmp(path, "graph")) {
+        CUgraph g = NULL;
+        if (cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) != CUDA_SUCCESS ||
+            cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, s, params, NULL) != CUDA_SUCCESS ||
+            cuStreamEndCapture(s, &g) != CUDA_SUCCESS || cuGraphInstantiateWithFlags(&ge, g, 0) != CUDA_SUCCESS) {
+            fprintf(stderr, "limtest: cannot capture the graph\n");
+            exit(1);
+        }
+    }
     if (idle_first > 0) usleep((useconds_t)(idle_first * 1e6));
     uint64_t end = now_ns() + (uint64_t)((secs - (idle_first > 0 ? idle_first : 0)) * 1e9);
     CUlaunchConfig cfg;
@@ -91,7 +103,7 @@ static void *run_thread(void *arg)
     uint64_t gap_ns = gap ? strtoull(gap, 0, 10) * 1000 : 0;
     while (now_ns() < end) {
         if (gap_ns) { uint64_t g = now_ns() + gap_ns; while (now_ns() < g) ; }
-        if (!strcmp(path, "graph")) cuGraphLaunch((CUgraphExec)&dur, s);
+        if (ge) cuGraphLaunch(ge, s);
         else if (!strcmp(path, "ex")) cuLaunchKernelEx(&cfg, f, params, NULL);
         else launch(f, 1, 1, 1, 1, 1, 1, 0, s, params, NULL);
         n++;

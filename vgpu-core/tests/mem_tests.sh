@@ -7,6 +7,10 @@ t "contexts are charged: 4 claims whose quotas fill the GPU all get their contex
 for how in data dataex fatbin library libfile; do
     t "a module load is charged ($how)" FAKE_GPU_MEM=4g FAKE_MODULE_MEM=128m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT module 1024 128 $how
 done
+t "kernels loaded lazily (CUDA_MODULE_LOADING=LAZY) are charged" FAKE_GPU_MEM=4g CUDA_MODULE_LOADING=LAZY \
+    FAKE_KERNEL_MEM=128m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT lazyload 1024 128 4
+t "graph memory nodes are charged while the graph memory pool reserves them" FAKE_GPU_MEM=4g \
+    CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT graphmem 1024 384
 for version in v2 v3 v4 procaddr; do
     t "cuCtxCreate'd contexts are charged and returned at cuCtxDestroy ($version)" \
         FAKE_GPU_MEM=4g FAKE_CTX_MEM=256m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT ctxcreate 1024 256 $version

@@ -625,6 +625,100 @@ static int cmd_module(uint64_t quota, uint64_t mod, const char *how)
     return 0;
 }
 
+/* lazyload <quota MiB> <kernel MiB> <kernels>: under lazy loading
+ * (CUDA_MODULE_LOADING=LAZY, CUDA 12.2+'s default) a module load takes
+ * almost nothing and each kernel takes its memory when it is first fetched
+ * (cuModuleGetFunction) or launched. No hook sees that memory being taken:
+ * the claim must still be charged it, so the rest of the quota, not all
+ * of it, is what allocations get. */
+static int cmd_lazyload(uint64_t quota, uint64_t kernel, int kernels)
+{
+    cuInit(0);
+    primary_on(0);
+    CUmodule m = NULL;
+    CUresult r = cuModuleLoadData(&m, "module image");
+    size_t f0 = free_mib();
+    int got = 0;
+    for (int i = 0; i < kernels; i++) {
+        char name[32];
+        CUfunction f;
+        snprintf(name, sizeof name, "kernel_%d", i);
+        got += cuModuleGetFunction(&f, m, name) == CUDA_SUCCESS;
+        got += cuModuleGetFunction(&f, m, name) == CUDA_SUCCESS; /* fetched again: loaded once */
+    }
+    uint64_t lazy = kernel * (uint64_t)kernels;
+    int n = 0;
+    CUdeviceptr objs[64];
+    while (n < 64 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+    t_check(r == CUDA_SUCCESS && got == 2 * kernels && (uint64_t)n == (quota - lazy) / (64 * MiB),
+            "%d kernels loaded lazily (%llu MiB; free %zu MiB before them): %d x 64 MiB fit (want %llu)", kernels,
+            (unsigned long long)(lazy >> 20), f0, n, (unsigned long long)((quota - lazy) / (64 * MiB)));
+    t_check(free_mib() == 0 || free_mib() < 64, "the quota reads as used up (free %zu MiB)", free_mib());
+    for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
+    cuModuleUnload(m);
+    n = 0;
+    while (n < 64 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+    t_check((uint64_t)n == quota / (64 * MiB), "module unloaded: its kernels' charge returned (%d x 64 MiB fit)", n);
+    for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
+    t_check(phys_peak(0) <= quota, "device memory used never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    return 0;
+}
+
+/* graphmem <quota MiB> <graph MiB>: a graph's memory nodes (a
+ * cuMemAllocAsync/cuMemFreeAsync pair captured into it) take no memory at
+ * capture; the driver reserves it for the graph at its first launch and
+ * keeps it until cuDeviceGraphMemTrim. No allocation hook runs then: the
+ * claim must still be charged it while it is reserved. */
+static int cmd_graphmem(uint64_t quota, uint64_t gmem) /* also run on a real GPU (gpu-tests/run.sh) */
+{
+    cuInit(0);
+    primary_on(0);
+    CUstream s;
+    cuStreamCreate(&s, CU_STREAM_NON_BLOCKING);
+    size_t f0 = free_mib();
+    CUresult rb = cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL);
+    CUdeviceptr p = 0;
+    CUresult ra = cuMemAllocAsync(&p, gmem, s);
+    CUresult rf = cuMemFreeAsync(p, s);
+    CUgraph g = NULL;
+    CUresult re = cuStreamEndCapture(s, &g);
+    size_t f1 = free_mib();
+    CUgraphExec e = NULL;
+    CUresult ri = cuGraphInstantiateWithFlags(&e, g, 0);
+    CUresult rl = cuGraphLaunch(e, s);
+    cuStreamSynchronize(s);
+    size_t f2 = free_mib();
+    t_check(rb == CUDA_SUCCESS && ra == CUDA_SUCCESS && rf == CUDA_SUCCESS && re == CUDA_SUCCESS &&
+                ri == CUDA_SUCCESS && rl == CUDA_SUCCESS && f1 == f0,
+            "captured, instantiated and launched a graph with %llu MiB of memory nodes (free %zu MiB, %zu after the "
+            "capture)", (unsigned long long)(gmem >> 20), f0, f1);
+    /* the driver may reserve a little more than the nodes ask (pool granularity) */
+    t_check(f0 - f2 >= gmem >> 20 && f0 - f2 <= (gmem >> 20) + 64, "after its launch the claim's free memory fell by "
+            "%zu MiB (want %llu-%llu)", f0 - f2, (unsigned long long)(gmem >> 20), (unsigned long long)(gmem >> 20) + 64);
+    int n = 0;
+    CUdeviceptr objs[1024];
+    while (n < 1024 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+#ifdef VGPU_REAL_GPU
+    size_t slack = 1; /* the real driver's own buffers may grow meanwhile */
+#else
+    size_t slack = 0;
+#endif
+    t_check((size_t)n <= f2 / 64 && (size_t)n + slack >= f2 / 64, "and %d x 64 MiB fit (want %zu)", n, f2 / 64);
+    for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
+    CUresult rt = cuDeviceGraphMemTrim(0);
+    n = 0;
+    while (n < 1024 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+    t_check(rt == CUDA_SUCCESS && (size_t)n <= f0 / 64 && (size_t)n + slack >= f0 / 64,
+            "after cuDeviceGraphMemTrim: its charge returned (%d x 64 MiB fit, want %zu)", n, f0 / 64);
+    for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
+    t_check(phys_peak(0) <= quota, "device memory used never exceeded the quota (peak %llu MiB)",
+            (unsigned long long)(phys_peak(0) >> 20));
+    cuGraphExecDestroy(e);
+    cuGraphDestroy(g);
+    return 0;
+}
+
 /* ctxcreate <quota MiB> <context MiB> [version]: cuCtxCreate'd contexts are
  * charged while they live, and churn leaks nothing. version: v2 (default),
  * v3, v4, or procaddr (cuCtxCreate from cuGetProcAddress as a CUDA 12.5+
@@ -1093,6 +1187,9 @@ int main(int argc, char **argv)
     else if (!strcmp(c, "claims")) r = cmd_claims(atoi(argv[2]), strtoull(argv[3], 0, 10) * MiB, strtoull(argv[4], 0, 10) * MiB, argv[5]);
     else if (!strcmp(c, "module"))
         r = cmd_module(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, argc > 4 ? argv[4] : "data");
+    else if (!strcmp(c, "lazyload"))
+        r = cmd_lazyload(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, atoi(argv[4]));
+    else if (!strcmp(c, "graphmem")) r = cmd_graphmem(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB);
     else if (!strcmp(c, "asyncfreeplain")) r = cmd_asyncfreeplain(strtoull(argv[2], 0, 10) * MiB);
     else if (!strcmp(c, "ctxcreate"))
         r = cmd_ctxcreate(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, argc > 4 ? argv[4] : "v2");
