@@ -4,7 +4,8 @@
  *    (fake_gpu.c), shared by all processes, and fails with
  *    CUDA_ERROR_OUT_OF_MEMORY when it is exhausted;
  *  - contexts and module loads take memory too (FAKE_CTX_MEM, FAKE_MODULE_MEM
- *    bytes, default 0), as the real driver's do; under lazy loading
+ *    bytes, default 0), as the real driver's do, and creating a context
+ *    takes FAKE_CTX_CREATE_MS (default 0); under lazy loading
  *    (CUDA_MODULE_LOADING=LAZY, the real default since CUDA 12.2) each
  *    kernel also takes FAKE_KERNEL_MEM at its first cuModuleGetFunction,
  *    as the CUDA programming guide's "Lazy Loading" describes for driver
@@ -36,6 +37,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define OBJ_MAGIC 0xa110ca7eu
 #define POOL_MAGIC 0x900150f1u
@@ -591,6 +593,10 @@ CUresult fm_ctx_acquire(CUdevice d)
     uint64_t n = env_bytes("FAKE_CTX_MEM");
     int h = fk_host(d);
     if (h < 0) return CUDA_ERROR_INVALID_DEVICE;
+    /* creating a context takes time on a real GPU (tens to hundreds of ms on
+     * large ones), during which other processes keep allocating */
+    const char *delay = getenv("FAKE_CTX_CREATE_MS");
+    if (delay && *delay) usleep((useconds_t)strtoul(delay, NULL, 10) * 1000);
     if (!n) return CUDA_SUCCESS;
     pthread_mutex_lock(&mu);
     int r = take(h, n);

@@ -70,6 +70,7 @@ static uint64_t took(const struct reading *a, const struct reading *b)
 static void charge(struct vgpu_dev *d, uint64_t bytes, const char *what)
 {
     if (!bytes) return;
+    vgpu_procmem_driver_charged(d, bytes);
     if (vgpu_mem_reserve(d, bytes) == 0) {
         LOG_DEBUG("%s on %s took %llu bytes: charged", what, d->uuid, (unsigned long long)bytes);
         return;
@@ -102,7 +103,7 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice dev)
 static void primary_gone(CUdevice dev)
 {
     struct vgpu_dev *d = vgpu_dev_by_ordinal(dev);
-    if (d && primary[dev].bytes) vgpu_mem_unreserve(d, primary[dev].bytes);
+    if (d && primary[dev].bytes) vgpu_mem_unreserve(d, vgpu_procmem_driver_released(d, primary[dev].bytes));
     primary[dev].bytes = 0;
     primary[dev].refs = 0;
 }
@@ -110,12 +111,14 @@ static void primary_gone(CUdevice dev)
 /* The driver destroys the primary context at its last release. */
 VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
 {
+    vgpu_procmem_hold(); /* the driver frees the context before its charge goes */
     CUresult r = vgpu_lim_primary_release(dev); /* the real release, and the limiter forgets the context */
     if (r == CUDA_SUCCESS && dev >= 0 && dev < MAX_ORD && limited_dev(dev)) {
         pthread_mutex_lock(&mu);
         if (primary[dev].refs && --primary[dev].refs == 0) primary_gone(dev);
         pthread_mutex_unlock(&mu);
     }
+    vgpu_procmem_release();
     return r;
 }
 
@@ -167,10 +170,12 @@ VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext c)
     if (!vgpu_cfg.mem_any) return vgpu_lim_ctx_destroy(c); /* the limiter forgets its events and bursts */
     struct vgpu_dev *d = NULL;
     uint64_t b = 0;
+    vgpu_procmem_hold(); /* the driver frees before the charge goes */
     int had = vgpu_mem_take(VGPU_KIND_CTX, (uintptr_t)c, &d, &b);
     CUresult r = vgpu_lim_ctx_destroy(c);
-    if (had && r == CUDA_SUCCESS) vgpu_mem_unreserve(d, b);
+    if (had && r == CUDA_SUCCESS) vgpu_mem_unreserve(d, vgpu_procmem_driver_released(d, b));
     else if (had) vgpu_mem_retrack(VGPU_KIND_CTX, (uintptr_t)c, d, b);
+    vgpu_procmem_release();
     return r;
 }
 
@@ -225,10 +230,12 @@ VGPU_EXPORT CUresult cuLibraryLoadFromFile(CUlibrary *l, const char *fname, CUji
         if (!vgpu_cfg.mem_any) return call;                                           \
         struct vgpu_dev *d_ = NULL;                                                   \
         uint64_t b_ = 0;                                                              \
+        vgpu_procmem_hold();                                                          \
         int had_ = vgpu_mem_take(VGPU_KIND_MODULE, (uintptr_t)(h), &d_, &b_);         \
         CUresult r_ = call;                                                           \
-        if (had_ && r_ == CUDA_SUCCESS) vgpu_mem_unreserve(d_, b_);                   \
+        if (had_ && r_ == CUDA_SUCCESS) vgpu_mem_unreserve(d_, vgpu_procmem_driver_released(d_, b_)); \
         else if (had_) vgpu_mem_retrack(VGPU_KIND_MODULE, (uintptr_t)(h), d_, b_);    \
+        vgpu_procmem_release();                                                       \
         if (r_ == CUDA_SUCCESS) vgpu_procmem_dirty(vgpu_dev_current()); /* lazily loaded code went too */ \
         return r_;                                                                    \
     } while (0)

@@ -256,8 +256,8 @@ static void tokens_add(struct lim_dev *l, struct vgpu_region_device *d, int64_t 
 
 static void nv_setup(struct lim_dev *l)
 {
-    l->nv_state = -1;
     int r = vgpu_nvproc_find(l->dev, &l->nvh, &l->hostpid);
+    l->nv_state = r == VGPU_NVPROC_LATER ? 0 : -1; /* LATER: asked again at a later burst */
     if (r == VGPU_NVPROC_UNKNOWN) LOG_WARN("%s: compute time measured by events only", l->dev->uuid);
     if (r != VGPU_NVPROC_OK) return;
     l->ratio = 1.0;

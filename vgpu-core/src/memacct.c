@@ -68,6 +68,8 @@ int vgpu_mem_reserve(struct vgpu_dev *d, uint64_t bytes)
     return -1;
 }
 
+int vgpu_mem_reserve_nosync(struct vgpu_dev *d, uint64_t bytes) { return reserve_once(d, bytes, 0); }
+
 void vgpu_mem_charge(struct vgpu_dev *d, uint64_t bytes)
 {
     if (bytes && reserve_once(d, bytes, 1) != 0)

@@ -19,6 +19,9 @@ enum vgpu_kind {
  * processes and re-reading what this process's memory pools hold). */
 int vgpu_mem_reserve(struct vgpu_dev *d, uint64_t bytes);
 void vgpu_mem_unreserve(struct vgpu_dev *d, uint64_t bytes);
+/* vgpu_mem_reserve without re-reading pools, frees or driver memory first
+ * (for nvproc.c's probe, which those readings may themselves need). */
+int vgpu_mem_reserve_nosync(struct vgpu_dev *d, uint64_t bytes);
 /* Charge memory the driver has already taken, limit or not. */
 void vgpu_mem_charge(struct vgpu_dev *d, uint64_t bytes);
 
@@ -57,6 +60,11 @@ void vgpu_procmem_dirty(struct vgpu_dev *d);
 /* After a successful graph launch: its first launch marks the current
  * device dirty (the graph memory pool reserves at a graph's launch). */
 void vgpu_procmem_graph_launched(CUgraphExec g);
+/* drvmem.c's measured charges (contexts, modules), which NVML's figure may
+ * correct downwards: recorded when charged; at release, the bytes still to
+ * be given back (less what a correction gave back already). */
+void vgpu_procmem_driver_charged(struct vgpu_dev *d, uint64_t bytes);
+uint64_t vgpu_procmem_driver_released(struct vgpu_dev *d, uint64_t bytes);
 /* Around a driver call whose memory is charged only after it returns. */
 void vgpu_procmem_hold(void);
 void vgpu_procmem_release(void);

@@ -8,6 +8,7 @@
 #include "nvproc.h"
 #include "dispatch.h"
 #include "log.h"
+#include "memacct.h"
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -15,7 +16,9 @@
 
 #define MAX_ORD 64
 #define MAX_PROCS 256
-static struct { int state; nvmlDevice_t h; unsigned pid; } known[MAX_ORD]; /* state: 0 untried, else a VGPU_NVPROC_ value + 1 */
+#define PROBE_MAX (11ull << 21)   /* the largest probe below: (2 + 5 + 4) x 2 MiB */
+#define RETRY_NS 1000000000ull    /* a probe the quota had no room for: again after this */
+static struct { int state; nvmlDevice_t h; unsigned pid; uint64_t retry_at; } known[MAX_ORD]; /* state: 0 untried, else a VGPU_NVPROC_ value + 1 */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int list(nvmlDevice_t h, nvmlProcessInfo_t *p, unsigned *n)
@@ -76,6 +79,15 @@ int vgpu_nvproc_find(struct vgpu_dev *d, nvmlDevice_t *h, unsigned *hostpid)
     int o = d->ordinal;
     pthread_mutex_lock(&mu);
     if (!known[o].state) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        /* the probes are memory like any other: within the quota, or not now */
+        if (now < known[o].retry_at || (d->mem_limit && vgpu_mem_reserve_nosync(d, PROBE_MAX) != 0)) {
+            if (now >= known[o].retry_at) known[o].retry_at = now + RETRY_NS;
+            pthread_mutex_unlock(&mu);
+            return VGPU_NVPROC_LATER;
+        }
         int st = VGPU_NVPROC_NO_NVML;
         if (REAL(nvmlInit_v2)() == NVML_SUCCESS &&
             REAL(nvmlDeviceGetHandleByUUID)(d->uuid, &known[o].h) == NVML_SUCCESS) {
@@ -84,6 +96,7 @@ int vgpu_nvproc_find(struct vgpu_dev *d, nvmlDevice_t *h, unsigned *hostpid)
             if (st == VGPU_NVPROC_OK) LOG_INFO("%s: NVML names this process %u", d->uuid, known[o].pid);
             else LOG_WARN("%s: this process is not identifiable in NVML's process list", d->uuid);
         }
+        if (d->mem_limit) vgpu_mem_unreserve(d, PROBE_MAX);
         __atomic_store_n(&known[o].state, st + 1, __ATOMIC_RELEASE);
     }
     int st = known[o].state - 1;

@@ -20,6 +20,13 @@
  * after the driver has taken memory (contexts, module loads, pool growth)
  * run inside vgpu_procmem_hold(); a reading that overlaps one is dropped.
  *
+ * The same reading corrects the other measurement's error: a context's or
+ * module's charge is the drop in the device's free memory across its
+ * creation, which includes what other processes allocated meanwhile. Where
+ * NVML says this process holds less than the hooks charged, the difference
+ * is given back, up to what those measured driver charges total (never
+ * below what the process's allocations account for).
+ *
  * Error: memory NVML does not attribute to this process is not seen; a
  * difference under SLACK_BYTES is not charged; between readings the charge
  * can be up to SYNC_NS old. */
@@ -35,7 +42,10 @@
 #define SYNC_NS 100000000ull      /* at most every 100 ms, unless something took memory */
 #define SLACK_BYTES (2ull << 20)  /* NVML's page granularity */
 
-static struct { uint64_t charged, next; int dirty; } st[MAX_ORD];
+/* charged: what this file added to the process's slot (negative: a credit,
+ * taken back from the driver charges measured around creations and loads,
+ * at most all of them: drv). */
+static struct { int64_t charged; uint64_t drv, next; int dirty; } st[MAX_ORD];
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int holds;       /* driver calls in flight that charge after the fact */
 static unsigned gen;    /* bumped at every hold and release */
@@ -107,7 +117,9 @@ uint64_t vgpu_procmem_sync(struct vgpu_dev *d, int force)
     if (__atomic_load_n(&holds, __ATOMIC_SEQ_CST)) goto out;
     /* finding the PID allocates a probe on d: only from a context on d */
     if (!vgpu_nvproc_known(d) && vgpu_dev_current() != d) goto out;
-    if (vgpu_nvproc_find(d, &h, &pid) != VGPU_NVPROC_OK) {
+    int found = vgpu_nvproc_find(d, &h, &pid);
+    if (found == VGPU_NVPROC_LATER) goto out; /* no room for the probe now: asked again later */
+    if (found != VGPU_NVPROC_OK) {
         __atomic_store_n(&st[o].next, ~0ull, __ATOMIC_RELAXED); /* never: NVML cannot tell */
         __atomic_store_n(&st[o].dirty, 0, __ATOMIC_RELAXED);
         goto out;
@@ -120,21 +132,47 @@ uint64_t vgpu_procmem_sync(struct vgpu_dev *d, int force)
     if (__atomic_load_n(&holds, __ATOMIC_SEQ_CST) || __atomic_load_n(&gen, __ATOMIC_SEQ_CST) != g0) goto out;
     __atomic_store_n(&st[o].dirty, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&st[o].next, now + SYNC_NS, __ATOMIC_RELAXED);
-    uint64_t hooks = mine > st[o].charged ? mine - st[o].charged : 0;
-    uint64_t hidden = nv > hooks ? nv - hooks : 0;
-    if (hidden >= st[o].charged + SLACK_BYTES) {
-        LOG_INFO("%s: the driver holds %llu MiB for this process that no allocation names (NVML: %llu MiB): "
-                 "charged to the claim", d->uuid, (unsigned long long)(hidden >> 20), (unsigned long long)(nv >> 20));
-        vgpu_mem_charge(d, hidden - st[o].charged);
-        st[o].charged = hidden;
-    } else if (hidden + SLACK_BYTES <= st[o].charged) {
-        back = st[o].charged - hidden;
+    int64_t hooks = (int64_t)mine - st[o].charged;           /* what the hooks charged */
+    int64_t want = (int64_t)nv - hooks, floor = -(int64_t)st[o].drv;
+    if (want < floor) want = floor;
+    if (want >= st[o].charged + (int64_t)SLACK_BYTES) {
+        LOG_INFO("%s: NVML says the driver holds %lld MiB for this process beyond its charges (NVML: %llu MiB): "
+                 "charged to the claim", d->uuid, (long long)(want >> 20), (unsigned long long)(nv >> 20));
+        vgpu_mem_charge(d, (uint64_t)(want - st[o].charged));
+        st[o].charged = want;
+    } else if (want + (int64_t)SLACK_BYTES <= st[o].charged) {
+        back = (uint64_t)(st[o].charged - want);
+        if (want < 0)
+            LOG_INFO("%s: NVML says this process holds %lld MiB less than its measured contexts and modules were "
+                     "charged: given back", d->uuid, (long long)(-want >> 20));
         vgpu_mem_unreserve(d, back);
-        st[o].charged = hidden;
+        st[o].charged = want;
     }
 out:
     pthread_mutex_unlock(&mu);
     return back;
+}
+
+void vgpu_procmem_driver_charged(struct vgpu_dev *d, uint64_t bytes)
+{
+    if (!d || d->ordinal < 0 || d->ordinal >= MAX_ORD || !bytes) return;
+    pthread_mutex_lock(&mu);
+    st[d->ordinal].drv += bytes;
+    pthread_mutex_unlock(&mu);
+}
+
+uint64_t vgpu_procmem_driver_released(struct vgpu_dev *d, uint64_t bytes)
+{
+    if (!d || d->ordinal < 0 || d->ordinal >= MAX_ORD) return bytes;
+    int o = d->ordinal;
+    pthread_mutex_lock(&mu);
+    st[o].drv = st[o].drv > bytes ? st[o].drv - bytes : 0;
+    /* a credit against these bytes was given back already: that part is gone */
+    uint64_t credit = st[o].charged < 0 ? (uint64_t)-st[o].charged : 0;
+    if (credit > bytes) credit = bytes;
+    st[o].charged += (int64_t)credit;
+    pthread_mutex_unlock(&mu);
+    return bytes - credit;
 }
 
 void vgpu_procmem_atfork_child(void)

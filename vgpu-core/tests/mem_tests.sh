@@ -7,6 +7,8 @@ t "contexts are charged: 4 claims whose quotas fill the GPU all get their contex
 for how in data dataex fatbin library libfile; do
     t "a module load is charged ($how)" FAKE_GPU_MEM=4g FAKE_MODULE_MEM=128m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT module 1024 128 $how
 done
+t "a context's charge is what the driver holds for it, not what others allocated during its creation" \
+    FAKE_GPU_MEM=4g FAKE_CTX_MEM=128m FAKE_CTX_CREATE_MS=400 CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT ctxrace 1024 128 256 "$W"
 t "kernels loaded lazily (CUDA_MODULE_LOADING=LAZY) are charged" FAKE_GPU_MEM=4g CUDA_MODULE_LOADING=LAZY \
     FAKE_KERNEL_MEM=128m CUDA_DEVICE_MEMORY_LIMIT=1g -- $VT lazyload 1024 128 4
 t "graph memory nodes are charged while the graph memory pool reserves them" FAKE_GPU_MEM=4g \

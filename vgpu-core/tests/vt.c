@@ -625,6 +625,52 @@ static int cmd_module(uint64_t quota, uint64_t mod, const char *how)
     return 0;
 }
 
+/* ctxrace <quota MiB> <context MiB> <other MiB> <dir>: another claim's
+ * process allocates while this one's primary context is being created (a
+ * real context takes tens to hundreds of ms: FAKE_CTX_CREATE_MS). The drop
+ * in the device's free memory across the creation then over-states the
+ * context; what the driver really holds for this process (NVML) must set
+ * the charge right, so the whole quota less the context is usable. */
+static int cmd_ctxrace(uint64_t quota, uint64_t ctx, uint64_t other, const char *dir)
+{
+    char ready[512], region[512];
+    snprintf(ready, sizeof ready, "%s/ctxrace.ready", dir);
+    snprintf(region, sizeof region, "%s/ctxrace.other", dir);
+    unlink(ready);
+    cuInit(0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char mib[32];
+        snprintf(mib, sizeof mib, "%llu", (unsigned long long)(other >> 20));
+        setenv("CUDA_DEVICE_MEMORY_SHARED_CACHE", region, 1);
+        unsetenv("FAKE_CTX_CREATE_MS");
+        usleep(100 * 1000); /* well inside the parent's context creation */
+        execl("/proc/self/exe", "vt", "hold", mib, ready, (char *)NULL);
+        _exit(127);
+    }
+    CUcontext c = primary_on(0); /* takes FAKE_CTX_CREATE_MS; the other process allocates meanwhile */
+    int other_ok = wait_file(ready, 10000) == 0;
+    int n = 0;
+    CUdeviceptr objs[64];
+    while (n < 64 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+    t_check(c && other_ok && (uint64_t)n == (quota - ctx) / (64 * MiB),
+            "another process allocated %llu MiB during the context's creation: %d x 64 MiB fit (want %llu: the "
+            "quota less the %llu MiB context)", (unsigned long long)(other >> 20), n,
+            (unsigned long long)((quota - ctx) / (64 * MiB)), (unsigned long long)(ctx >> 20));
+    for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
+    cuDevicePrimaryCtxRelease_v2(0);
+    c = primary_on(0);
+    n = 0;
+    while (n < 64 && cuMemAlloc_v2(&objs[n], 64 * MiB) == CUDA_SUCCESS) n++;
+    t_check(c && (uint64_t)n == (quota - ctx) / (64 * MiB),
+            "the context released and retained again: %d x 64 MiB fit (want %llu)", n,
+            (unsigned long long)((quota - ctx) / (64 * MiB)));
+    for (int i = 0; i < n; i++) cuMemFree_v2(objs[i]);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return 0;
+}
+
 /* lazyload <quota MiB> <kernel MiB> <kernels>: under lazy loading
  * (CUDA_MODULE_LOADING=LAZY, CUDA 12.2+'s default) a module load takes
  * almost nothing and each kernel takes its memory when it is first fetched
@@ -1187,6 +1233,9 @@ int main(int argc, char **argv)
     else if (!strcmp(c, "claims")) r = cmd_claims(atoi(argv[2]), strtoull(argv[3], 0, 10) * MiB, strtoull(argv[4], 0, 10) * MiB, argv[5]);
     else if (!strcmp(c, "module"))
         r = cmd_module(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, argc > 4 ? argv[4] : "data");
+    else if (!strcmp(c, "ctxrace"))
+        r = cmd_ctxrace(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, strtoull(argv[4], 0, 10) * MiB,
+                        argv[5]);
     else if (!strcmp(c, "lazyload"))
         r = cmd_lazyload(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB, atoi(argv[4]));
     else if (!strcmp(c, "graphmem")) r = cmd_graphmem(strtoull(argv[2], 0, 10) * MiB, strtoull(argv[3], 0, 10) * MiB);
