@@ -53,7 +53,8 @@ static int lim_inited;
 #define STATE_REREAD_NS 1000000000ull /* per-GPU reservation file: once a second */
 #define NVML_POLL_NS 40000000ull      /* read NVML's per-process samples at most this often */
 #define NVML_PERIOD_US 166667ull      /* NVML's sample period until measured (1/6 s on recent GPUs) */
-#define INFLIGHT_NS 8000000LL         /* admitted but not yet settled GPU time, per process and device */
+#define INFLIGHT_NS 8000000LL         /* admitted but not yet settled GPU time, per process and device: the least bound */
+#define INFLIGHT_MAX_NS 250000000LL   /* ...and the most, however deep the queue ahead is (see adapt_inflight) */
 #define MAX_PENDING 256
 #define TL_STREAMS 4
 #define MAX_CTX 64
@@ -70,6 +71,9 @@ struct lim_dev {
     int region_dev;
     uint64_t est_ns;     /* provisional GPU ns per launch (EMA of settled bursts) */
     int64_t inflight;    /* provisional ns of bursts not settled yet (atomic) */
+    int64_t inflight_cap; /* bound on inflight (atomic; adapt_inflight) */
+    uint64_t inf_wait_ns; /* time launches waited on that bound alone (atomic) */
+    uint64_t inf_wait_seen; /* ...up to the last adaptation (pend_mu) */
     uint64_t state_read_ns;
     struct vgpu_dev *dev;
     /* NVML correction, under pend_mu */
@@ -269,6 +273,34 @@ static void nv_setup(struct lim_dev *l)
     l->nv_state = 1;
 }
 
+/* The in-flight bound, once per NVML sample read (pend_mu held). A short
+ * queue keeps a capped claim from holding the GPU once its budget is spent,
+ * but the queue needed to reach a share is share x the time from launch to
+ * completion (Little's law), and that time includes whatever other
+ * contexts queued ahead: a GPU that runs work in submission order behind a
+ * neighbour keeping 64 ms queued gave a 30% claim 11.8% with an 8 ms
+ * bound. So the bound grows (x1.25) in a sample period in which launches
+ * waited on it alone while NVML saw the process below its allowance, and
+ * shrinks back (x15/16, to 8 ms at least) in one in which they never
+ * waited on it. Under a GPU that alternates or time-slices contexts the
+ * claim reaches its share with the least bound, so it stays there. */
+static void adapt_inflight(struct lim_dev *l, unsigned own_pct)
+{
+    uint64_t w = __atomic_load_n(&l->inf_wait_ns, __ATOMIC_RELAXED), waited = w - l->inf_wait_seen;
+    l->inf_wait_seen = w;
+    int allow = __atomic_load_n(&l->allow, __ATOMIC_RELAXED);
+    int64_t cap = __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED), most = INFLIGHT_MAX_NS * allow / 100;
+    if (most < INFLIGHT_NS) most = INFLIGHT_NS;
+    if (waited > l->nv_period_us * 100 && (int)own_pct + 1 < allow) /* waited > 10% of a period */
+        cap = cap + cap / 4 < most ? cap + cap / 4 : most;
+    else if (!waited)
+        cap = cap - cap / 16 > INFLIGHT_NS ? cap - cap / 16 : INFLIGHT_NS;
+    if (cap != __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED))
+        LOG_DEBUG("%s: in-flight bound %lld us (NVML %u%%, waited on it %llu us)", l->dev->uuid, (long long)cap / 1000,
+                  own_pct, (unsigned long long)waited / 1000);
+    __atomic_store_n(&l->inflight_cap, cap, __ATOMIC_RELAXED);
+}
+
 /* Charges made from events up to monotonic time t. */
 static void ck_at(struct lim_dev *l, uint64_t t, uint64_t *charged, uint64_t *evt, uint64_t *nl)
 {
@@ -293,6 +325,8 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
     uint64_t rt_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec, mono = now_ns();
+    int reconciled = 0;
+    unsigned last_own = 0;
     for (;;) {
         /* the oldest sample time not handled yet, and this process's share of it */
         unsigned long long ts = 0;
@@ -340,9 +374,12 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
                       l->dev->uuid, own, (unsigned long long)o / 1000, (unsigned long long)(c1 - c0) / 1000,
                       (unsigned long long)(e1 - e0) / 1000, l->ratio, (long long)d->tokens_ns / 1000);
             l->rec_t = t_end;
+            reconciled = 1;
+            last_own = own;
         }
         l->nv_last_us = ts;
     }
+    if (reconciled) adapt_inflight(l, last_own);
 }
 
 /* ---- settling ---- */
@@ -575,13 +612,15 @@ static void wait_budget(struct lim_dev *l, uint64_t now)
         poll_pending();
         int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_SEQ_CST);
         int64_t inf = __atomic_load_n(&l->inflight, __ATOMIC_RELAXED);
-        if (t > 0 && inf < INFLIGHT_NS) break;
+        if (t > 0 && inf < __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED)) break;
         uint64_t wait = t > 0 ? 100000 : (uint64_t)(-t) * 100 / (uint64_t)l->allow;
         if (wait > 2000000) wait = 2000000;
         if (wait < 50000) wait = 50000;
         struct timespec ts = {0, (long)wait};
         nanosleep(&ts, NULL);
-        now = now_ns();
+        uint64_t after = now_ns();
+        if (t > 0) __atomic_add_fetch(&l->inf_wait_ns, after - now, __ATOMIC_RELAXED); /* budget left: the bound held it */
+        now = after;
     }
     if (now > t0) __atomic_add_fetch(&d->throttled_ns_total, now - t0, __ATOMIC_RELAXED);
 }
@@ -599,14 +638,14 @@ static void slow(struct burst *b, uint64_t now)
         refill(l, now);
         poll_pending();
         if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) <= 0 ||
-            __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) >= INFLIGHT_NS)
+            __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) >= __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED))
             wait_budget(l, now);
     }
     if (!b->open && open_burst(b)) return;
     struct lim_dev *l = &ldev[b->di];
     refill(l, now);
     if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) > 0 &&
-        __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) < INFLIGHT_NS)
+        __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) < __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED))
         return;
     close_burst(b);
     wait_budget(l, now_ns());
@@ -628,7 +667,8 @@ void vgpu_lim_before_launch(CUstream s)
     if (__builtin_expect(!b->open || burst_full(b, now) ||
                              b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_RELAXED) ||
                              __atomic_load_n(&rdev(&ldev[b->di])->tokens_ns, __ATOMIC_RELAXED) <= 0 ||
-                             __atomic_load_n(&ldev[b->di].inflight, __ATOMIC_RELAXED) >= INFLIGHT_NS,
+                             __atomic_load_n(&ldev[b->di].inflight, __ATOMIC_RELAXED) >=
+                                 __atomic_load_n(&ldev[b->di].inflight_cap, __ATOMIC_RELAXED),
                          0)) {
         if (b->open && b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE)) {
             /* a capture began somewhere: is it this stream? */
@@ -796,6 +836,7 @@ static void init(void)
         l->share = d->sm_limit;
         l->limited = d->sm_limit < 100;
         l->est_ns = 20000;
+        l->inflight_cap = INFLIGHT_NS;
         if (!l->limited) continue;
         l->region_dev = vgpu_dev_region_index(d);
         if (l->region_dev < 0) { l->limited = 0; continue; }

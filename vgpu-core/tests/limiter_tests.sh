@@ -82,6 +82,8 @@ for SCHED in launch alternate slice:2; do
     claim L1$m 1 $S 500 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 &
     claim L5$m 1 8 500 linked 3 -- CUDA_DEVICE_SM_LIMIT=30 &
     claim L12$m 1 $S 400 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L12$m 1 $S 700 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 &
+    # a capped claim beside a neighbour without any limit (no libvgpu at all)
+    claim L10$m 1 $S 500 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L10$m 2 $S 500 linked 0 -- LD_PRELOAD= &
     wait
     claim L2$m 1 $S 200 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L2$m 2 $S 1000 linked 0 -- CUDA_DEVICE_SM_LIMIT=70 &
     claim L3$m 1 $S 500 linked 0 -- CUDA_DEVICE_SM_LIMIT=10 & claim L3$m 2 $S 300 linked 0 -- CUDA_DEVICE_SM_LIMIT=90 &
@@ -97,6 +99,12 @@ for SCHED in launch alternate slice:2; do
     lim_report L1$m "one claim capped at 30%, alone, saturating" 1 0 1:30
     lim_report L5$m "idle 3 s, then a saturating burst at 30%" 1 0 1:30:burst
     lim_report L12$m "two processes of one 30% claim (shared region): 30% together" 2 0 1:30
+    # In submission order the unlimited neighbour keeps its whole push
+    # buffer (128 launches) queued ahead of every launch of the claim, so the
+    # claim's share is bounded by how much it may queue: only "not more" is
+    # asserted there, with a floor of 18% on the average (it was 11.8% before
+    # the in-flight bound adapted to the queue ahead; README "Compute limiter").
+    lim_report L10$m "capped 30% beside an unlimited process" 2 0 1:30$([ "$SCHED" = launch ] && echo :atmost:18)
     lim_report L2$m "two claims 30% and 70%" 2 0 1:30 2:70
     lim_report L3$m "two claims 10% and 90%" 2 0 1:10 2:90
     lim_report L4$m "capped 30% beside a best-effort claim (reserved=30, may use 70%)" 2 0 1:30 2:70
@@ -123,8 +131,6 @@ claim L9 1 $S 800 linked 0 -- FAKE_GPU_COUNT=2 LIMTEST_DEVICE=1 CUDA_DEVICE_SM_L
 wait
 # a framework-like claim: 100 us of host work between launches, beside a saturating one
 claim L11 1 $S 200 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 LIMTEST_GAP_US=100 & claim L11 2 $S 1000 linked 0 -- CUDA_DEVICE_SM_LIMIT=70 &
-# a capped claim beside a neighbour without any limit (no libvgpu at all): capped, not more
-claim L10 1 $S 500 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L10 2 $S 500 linked 0 -- LD_PRELOAD= &
 wait
 claim L13 1 $S 300 linked 0 -- CUDA_DEVICE_SM_LIMIT=40 LIMTEST_THREADS=3 &
 wait
@@ -133,7 +139,6 @@ lim_report L7 "launches fetched by cuGetProcAddress (ptsz) at 40%" 1 0 1:40
 lim_report L8 "cuLaunchKernelEx at 20%" 1 0 1:20
 lim_report L9 "second GPU of a two-GPU claim at its own 25%" 1 0 1:25
 lim_report L11 "sparse launches (100 us host time between them) 30% beside a saturating 70%" 2 0 1:30 2:70
-lim_report L10 "capped 30% beside an unlimited process: 30%, not more" 2 0 1:30:atmost
 lim_report L13 "three launching threads of one 40% claim" 1 0 1:40
 fi
 

@@ -17,8 +17,8 @@
  *       two streams of one process each run a 50 ms kernel: they overlap.
  *   limtest analyze <state file> <tag>:<share>[:<mode>[:<arg>]]...
  *       per-1 s GPU share of each tag from the fake GPU's trace of completed
- *       work; asserts the targets. mode: exact (default), atleast, atmost
- *       (exact's lower bound waived), burst, resume:<mark file>, ran (it did
+ *       work; asserts the targets. mode: exact (default), atleast, atmost[:<least average>]
+ *       (exact's lower bound waived; with a number, the least average), burst, resume:<mark file>, ran (it did
  *       work: the workload checked itself); a tag with no work in the trace
  *       fails. */
 #define _GNU_SOURCE
@@ -420,10 +420,12 @@ static int analyze(const char *statef, int argc, char **argv)
             t_check(avg >= share - 5 && minw >= 0.9 * share,
                     "tag %d gets at least its %d%%: %.1f%% over %d s after warm-up, lowest 1 s window %.1f%%", tag, share,
                     avg, cnt, minw);
-        else if (!strcmp(mode, "atmost"))
-            t_check(avg <= share + 5 && maxw <= share + 10,
-                    "tag %d stays within its %d%%: %.1f%% over %d s after warm-up, highest 1 s window %.1f%%", tag, share,
-                    avg, cnt, maxw);
+        else if (!strncmp(mode, "atmost", 6)) {
+            double least = mode[6] == ':' ? atof(mode + 7) : 0; /* atmost:<least average> */
+            t_check(avg <= share + 5 && maxw <= share + 10 && avg >= least,
+                    "tag %d stays within its %d%%: %.1f%% over %d s after warm-up (at least %.0f%%), highest 1 s window %.1f%%",
+                    tag, share, avg, cnt, least, maxw);
+        }
         else {
             /* The floor of a 1 s window is 90% of the share. Under time
              * slices a claim's windows dip further when a neighbour's burst
