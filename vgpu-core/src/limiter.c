@@ -256,6 +256,13 @@ static void tokens_add(struct lim_dev *l, struct vgpu_region_device *d, int64_t 
     } while (!__atomic_compare_exchange_n(&d->tokens_ns, &t, nt, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
 }
 
+/* This process has as much admitted, unsettled work on the device as its
+ * in-flight bound allows (adapt_inflight). */
+static inline int inflight_full(struct lim_dev *l)
+{
+    return __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) >= __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED);
+}
+
 /* ---- NVML: this process's own GPU time (pend_mu held) ---- */
 
 static void nv_setup(struct lim_dev *l)
@@ -289,15 +296,15 @@ static void adapt_inflight(struct lim_dev *l, unsigned own_pct)
     uint64_t w = __atomic_load_n(&l->inf_wait_ns, __ATOMIC_RELAXED), waited = w - l->inf_wait_seen;
     l->inf_wait_seen = w;
     int allow = __atomic_load_n(&l->allow, __ATOMIC_RELAXED);
-    int64_t cap = __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED), most = INFLIGHT_MAX_NS * allow / 100;
+    int64_t old = __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED), cap = old, most = INFLIGHT_MAX_NS * allow / 100;
     if (most < INFLIGHT_NS) most = INFLIGHT_NS;
     if (waited > l->nv_period_us * 100 && (int)own_pct + 1 < allow) /* waited > 10% of a period */
         cap = cap + cap / 4 < most ? cap + cap / 4 : most;
     else if (!waited)
         cap = cap - cap / 16 > INFLIGHT_NS ? cap - cap / 16 : INFLIGHT_NS;
-    if (cap != __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED))
-        LOG_DEBUG("%s: in-flight bound %lld us (NVML %u%%, waited on it %llu us)", l->dev->uuid, (long long)cap / 1000,
-                  own_pct, (unsigned long long)waited / 1000);
+    if (cap == old) return;
+    LOG_DEBUG("%s: in-flight bound %lld us (NVML %u%%, waited on it %llu us)", l->dev->uuid, (long long)cap / 1000,
+              own_pct, (unsigned long long)waited / 1000);
     __atomic_store_n(&l->inflight_cap, cap, __ATOMIC_RELAXED);
 }
 
@@ -611,8 +618,7 @@ static void wait_budget(struct lim_dev *l, uint64_t now)
         refill(l, now);
         poll_pending();
         int64_t t = __atomic_load_n(&d->tokens_ns, __ATOMIC_SEQ_CST);
-        int64_t inf = __atomic_load_n(&l->inflight, __ATOMIC_RELAXED);
-        if (t > 0 && inf < __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED)) break;
+        if (t > 0 && !inflight_full(l)) break;
         uint64_t wait = t > 0 ? 100000 : (uint64_t)(-t) * 100 / (uint64_t)l->allow;
         if (wait > 2000000) wait = 2000000;
         if (wait < 50000) wait = 50000;
@@ -637,16 +643,12 @@ static void slow(struct burst *b, uint64_t now)
         struct lim_dev *l = &ldev[di];
         refill(l, now);
         poll_pending();
-        if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) <= 0 ||
-            __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) >= __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED))
-            wait_budget(l, now);
+        if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) <= 0 || inflight_full(l)) wait_budget(l, now);
     }
     if (!b->open && open_burst(b)) return;
     struct lim_dev *l = &ldev[b->di];
     refill(l, now);
-    if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) > 0 &&
-        __atomic_load_n(&l->inflight, __ATOMIC_RELAXED) < __atomic_load_n(&l->inflight_cap, __ATOMIC_RELAXED))
-        return;
+    if (__atomic_load_n(&rdev(l)->tokens_ns, __ATOMIC_SEQ_CST) > 0 && !inflight_full(l)) return;
     close_burst(b);
     wait_budget(l, now_ns());
     open_burst(b);
@@ -667,8 +669,7 @@ void vgpu_lim_before_launch(CUstream s)
     if (__builtin_expect(!b->open || burst_full(b, now) ||
                              b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_RELAXED) ||
                              __atomic_load_n(&rdev(&ldev[b->di])->tokens_ns, __ATOMIC_RELAXED) <= 0 ||
-                             __atomic_load_n(&ldev[b->di].inflight, __ATOMIC_RELAXED) >=
-                                 __atomic_load_n(&ldev[b->di].inflight_cap, __ATOMIC_RELAXED),
+                             inflight_full(&ldev[b->di]),
                          0)) {
         if (b->open && b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE)) {
             /* a capture began somewhere: is it this stream? */

@@ -425,8 +425,7 @@ static int analyze(const char *statef, int argc, char **argv)
             t_check(avg <= share + 5 && maxw <= share + 10 && avg >= least,
                     "tag %d stays within its %d%%: %.1f%% over %d s after warm-up (at least %.0f%%), highest 1 s window %.1f%%",
                     tag, share, avg, cnt, least, maxw);
-        }
-        else {
+        } else {
             /* The floor of a 1 s window is 90% of the share. Under time
              * slices a claim's windows dip further when a neighbour's burst
              * of queued work lands before the NVML correction sees it,
