@@ -96,6 +96,13 @@ for SCHED in launch alternate slice:2; do
     claim L15$m 1 $S 300 linked 0 -- CUDA_DEVICE_SM_LIMIT=10 & claim L15$m 2 $S 500 linked 0 -- CUDA_DEVICE_SM_LIMIT=20 &
     claim L15$m 3 $S 700 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 & claim L15$m 4 $S 1000 linked 0 -- CUDA_DEVICE_SM_LIMIT=40 &
     wait
+    # kernels whose size changes: what the limiter learnt per launch is
+    # wrong for the next kernel (a training step's many small and few large
+    # kernels; a workload changing phase)
+    claim L26$m 1 $S 100 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 LIMTEST_MIX_US=50,50,50,50,50,50,50,2000 &
+    claim L26$m 2 $S 1000 linked 0 -- CUDA_DEVICE_SM_LIMIT=70 &
+    claim L27$m 1 $S 100 linked 0 -- CUDA_DEVICE_SM_LIMIT=30 LIMTEST_THEN_US=2000 & claim L27$m 2 $S 1000 linked 0 -- CUDA_DEVICE_SM_LIMIT=70 &
+    wait
     lim_report L1$m "one claim capped at 30%, alone, saturating" 1 0 1:30
     lim_report L5$m "idle 3 s, then a saturating burst at 30%" 1 0 1:30:burst
     lim_report L12$m "two processes of one 30% claim (shared region): 30% together" 2 0 1:30
@@ -110,6 +117,8 @@ for SCHED in launch alternate slice:2; do
     lim_report L4$m "capped 30% beside a best-effort claim (reserved=30, may use 70%)" 2 0 1:30 2:70
     lim_report L14$m "three claims 10%, 20%, 30%" 3 0 1:10 2:20 3:30
     lim_report L15$m "four claims 10%, 20%, 30%, 40%" 4 0 1:10 2:20 3:30 4:40
+    lim_report L26$m "kernels of 50 us and 2 ms mixed, 30% beside 70%" 2 0 1:30 2:70
+    lim_report L27$m "kernels 20x longer from half-way, 30% beside 70%" 2 0 1:30 2:70
 done
 
 # --- 1 ms and 4 ms time slices: the widest split

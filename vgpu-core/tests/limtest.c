@@ -2,6 +2,8 @@
  *   limtest run <seconds> <kernel_us> <path> [idle_first_s]
  *       saturate the (fake) GPU with kernels of kernel_us, launched through
  *       path: linked | graph | procaddr | ex; optionally idle first.
+ *       LIMTEST_MIX_US=a,b,...: kernel sizes in turn instead; LIMTEST_THEN_US:
+ *       the kernel size from half-way on.
  *   limtest pause <busy_s> <pause_s> <after_s> <kernel_us> <mark file>
  *       saturate, pause without synchronising (a burst left open), write the
  *       resume time to the mark file, saturate again.
@@ -101,8 +103,20 @@ static void *run_thread(void *arg)
     long n = 0;
     const char *gap = getenv("LIMTEST_GAP_US"); /* CPU time between launches, like a framework's host code */
     uint64_t gap_ns = gap ? strtoull(gap, 0, 10) * 1000 : 0;
+    /* kernels of several sizes, in turn (a training step's many small and
+     * few large kernels), and kernels of another size from half-way on (a
+     * workload changing phase): what the limiter learnt per launch is wrong
+     * for each next kernel */
+    uint64_t mix[16];
+    int nmix = 0;
+    for (const char *m = getenv("LIMTEST_MIX_US"); m && *m && nmix < 16; m = strchr(m, ',') ? strchr(m, ',') + 1 : "")
+        mix[nmix++] = strtoull(m, 0, 10) * 1000;
+    const char *then = getenv("LIMTEST_THEN_US");
+    uint64_t then_ns = then ? strtoull(then, 0, 10) * 1000 : 0, half = end - (end - now_ns()) / 2;
     while (now_ns() < end) {
         if (gap_ns) { uint64_t g = now_ns() + gap_ns; while (now_ns() < g) ; }
+        if (nmix) dur = mix[n % nmix];
+        if (then_ns && now_ns() >= half) dur = then_ns;
         if (ge) cuGraphLaunch(ge, s);
         else if (!strcmp(path, "ex")) cuLaunchKernelEx(&cfg, f, params, NULL);
         else launch(f, 1, 1, 1, 1, 1, 1, 0, s, params, NULL);
