@@ -60,6 +60,7 @@ static int lim_inited;
 #define MAX_CTX 64
 #define EV_CACHE 64
 #define CKPT 2048
+#define QHIST 60                      /* sample periods the lowest ratio is kept over (10 s) */
 #define LHIST 6                       /* NVML sample periods the time per launch is learnt over */
 #define MAX_THREADS 1024
 
@@ -86,11 +87,16 @@ struct lim_dev {
     unsigned long long nv_min_gap;
     uint64_t nv_next_poll, rec_t;  /* reconciled up to rec_t (CLOCK_MONOTONIC) */
     double ratio;                  /* NVML's time / event time, smoothed */
+    double qh[QHIST];              /* ...per sample period, the last QHIST of them */
+    unsigned qh_n;
+    double ratio_min;              /* ...the lowest of those */
     uint64_t charged, evt, nl;     /* cumulative ns charged from events, raw event ns, launches */
+    uint64_t by_r, by_l;           /* cumulative ns of each estimate (ratio, per launch) */
+    double err_r, err_l;           /* each estimate's recent error against NVML, ns per period, smoothed */
     double per_launch;             /* NVML's time per settled launch over LHIST periods (0: not known yet) */
     struct { uint64_t own, n; } lh[LHIST];
     unsigned lh_n;
-    struct { uint64_t t, charged, evt, nl; } ck[CKPT];
+    struct { uint64_t t, charged, evt, nl, by_r, by_l; } ck[CKPT];
     unsigned ck_n;
 };
 static struct lim_dev ldev[64];
@@ -309,13 +315,14 @@ static void adapt_inflight(struct lim_dev *l, unsigned own_pct)
 }
 
 /* Charges made from events up to monotonic time t. */
-static void ck_at(struct lim_dev *l, uint64_t t, uint64_t *charged, uint64_t *evt, uint64_t *nl)
+struct ck_sums { uint64_t charged, evt, nl, by_r, by_l; };
+static struct ck_sums ck_at(struct lim_dev *l, uint64_t t)
 {
-    *charged = *evt = *nl = 0;
     for (unsigned k = 0; k < CKPT && k < l->ck_n; k++) {
         unsigned i = (l->ck_n - 1 - k) % CKPT;
-        if (l->ck[i].t <= t) { *charged = l->ck[i].charged; *evt = l->ck[i].evt; *nl = l->ck[i].nl; return; }
+        if (l->ck[i].t <= t) return (struct ck_sums){l->ck[i].charged, l->ck[i].evt, l->ck[i].nl, l->ck[i].by_r, l->ck[i].by_l};
     }
+    return (struct ck_sums){0, 0, 0, 0, 0};
 }
 
 /* Replace the charges made from events over each completed NVML sample
@@ -352,13 +359,12 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
         l->nv_seen = 1;
         uint64_t t_end = ts * 1000 + mono - rt_ns; /* sample time on the monotonic clock */
         if (t_end > l->rec_t) {
-            uint64_t c0, e0, n0, c1, e1, n1;
             /* only this sample's period is replaced: charges older than it
              * whose samples were never read (NVML keeps a few seconds of
              * them, and nothing polls while the claim launches nothing) stand */
             uint64_t p_ns = l->nv_period_us * 1000, from = t_end - p_ns > l->rec_t ? t_end - p_ns : l->rec_t;
-            ck_at(l, from, &c0, &e0, &n0);
-            ck_at(l, t_end, &c1, &e1, &n1);
+            struct ck_sums a = ck_at(l, from), b = ck_at(l, t_end);
+            uint64_t c0 = a.charged, e0 = a.evt, n0 = a.nl, c1 = b.charged, e1 = b.evt, n1 = b.nl;
             uint64_t o = (uint64_t)own * l->nv_period_us * 10; /* percent of a period, in ns */
             struct vgpu_region_device *d = rdev(l);
             tokens_add(l, d, (int64_t)(c1 - c0) - (int64_t)o, 1);
@@ -367,18 +373,40 @@ static void nv_poll(struct lim_dev *l, uint64_t now)
                 double q = (double)o / (double)(e1 - e0);
                 if (q > 1) q = 1;
                 if (q < 0.001) q = 0.001;
-                l->ratio = 0.5 * l->ratio + 0.5 * q;
+                /* smoothed against NVML's 1-point steps, but a change of
+                 * the interleaving (a neighbour starts or stops) is taken at
+                 * once: a stale ratio over- or under-charges every burst
+                 * until it is learnt, and the refund comes a period late */
+                if (q < 0.75 * l->ratio || q > 1.33 * l->ratio) l->ratio = q;
+                else l->ratio = 0.5 * l->ratio + 0.5 * q;
+                l->qh[l->qh_n++ % QHIST] = q;
+                l->ratio_min = 1;
+                for (unsigned k = 0; k < QHIST && k < l->qh_n; k++)
+                    if (l->qh[k] < l->ratio_min) l->ratio_min = l->qh[k];
             }
+            /* which estimate (settle_estimate) erred less lately */
+            double er = (double)(b.by_r - a.by_r) - (double)o, el = (double)(b.by_l - a.by_l) - (double)o;
+            if (er < 0) er = -er;
+            if (el < 0) el = -el;
+            l->err_r = 0.5 * l->err_r + 0.5 * er;
+            l->err_l = 0.5 * l->err_l + 0.5 * el;
             /* time per launch over the last second: a burst settles after the
              * period it ran in, so one period's launches are too few to tell */
+            if (l->per_launch > 0 && n1 - n0 >= 8) {
+                /* the kernels changed size (a new phase of the workload):
+                 * the last second's mean would mischarge for a second; the
+                 * last period alone is right at once */
+                double p1 = (double)o / (double)(n1 - n0);
+                if (p1 < 0.5 * l->per_launch || p1 > 2 * l->per_launch) l->lh_n = 0, memset(l->lh, 0, sizeof l->lh);
+            }
             l->lh[l->lh_n % LHIST].own = o;
             l->lh[l->lh_n % LHIST].n = n1 - n0;
             l->lh_n++;
             uint64_t so = 0, sn = 0;
             for (unsigned k = 0; k < LHIST && k < l->lh_n; k++) { so += l->lh[k].own; sn += l->lh[k].n; }
             if (sn >= 8 && so) l->per_launch = (double)so / (double)sn;
-            LOG_DEBUG("%s: NVML period: own %u%% = %llu us, charged %llu us from %llu us of events, ratio %.2f, tokens %lld us",
-                      l->dev->uuid, own, (unsigned long long)o / 1000, (unsigned long long)(c1 - c0) / 1000,
+            LOG_DEBUG("%s: NVML period: own %u%% = %llu us, err r %.0f l %.0f us, charged %llu us from %llu us of events, ratio %.2f, tokens %lld us",
+                      l->dev->uuid, own, (unsigned long long)o / 1000, l->err_r / 1000, l->err_l / 1000, (unsigned long long)(c1 - c0) / 1000,
                       (unsigned long long)(e1 - e0) / 1000, l->ratio, (long long)d->tokens_ns / 1000);
             l->rec_t = t_end;
             reconciled = 1;
@@ -396,6 +424,35 @@ static int64_t elapsed_ns(CUevent a, CUevent b, int *ok)
     float ms = 0;
     *ok = REAL(cuEventElapsedTime)(&ms, a, b) == CUDA_SUCCESS;
     return (int64_t)((double)ms * 1e6);
+}
+
+/* The claim's own part of a burst's event time (ns, n launches), pend_mu
+ * held. Event time bounds it from above: other contexts' work interleaved
+ * inside the burst only adds to it. NVML's figures give two estimates below
+ * that: event time x NVML's ratio, right while the interleaving stays as it
+ * was, and launches x NVML's time per launch, right while the kernels stay
+ * as they were. A time-slicing GPU changes the interleaving all the time
+ * (a 10% claim's bursts run alone for seconds, then stretched eight times
+ * by its neighbours', then alone again), and the ratio learnt in the last
+ * period then over- or under-charges for a period or more: its 1 s windows
+ * dipped to 83-86% of the share. So the estimate that erred less against
+ * NVML over the last periods is used, and the time per launch whenever it
+ * says more than twice the ratio's (a neighbour paused: the burst runs
+ * alone, and the ratio learnt while it was interleaved would under-charge
+ * it several times over). Never below event time x the lowest ratio of
+ * the last 10 s: kernels that suddenly grew would otherwise run nearly free
+ * on the old time per launch until NVML tells. The NVML correction settles
+ * the rest every sample period. */
+static uint64_t settle_estimate(struct lim_dev *l, double ns, unsigned n)
+{
+    double by_ratio = ns * l->ratio, by_launches = n * l->per_launch;
+    if (by_ratio > ns) by_ratio = ns;
+    if (by_launches > ns) by_launches = ns;
+    l->by_r += (uint64_t)by_ratio;
+    l->by_l += (uint64_t)by_launches;
+    double c = by_launches > 2 * by_ratio || l->err_l < l->err_r ? by_launches : by_ratio;
+    if (c < ns * l->ratio_min) c = ns * l->ratio_min;
+    return (uint64_t)c;
 }
 
 /* Settle completed bursts: replace provisional charges by measured time. */
@@ -423,27 +480,11 @@ static void poll_pending(void)
         }
         struct lim_dev *l = &ldev[p->di];
         struct vgpu_region_device *d = rdev(l);
-        /* The claim's own part of the burst's event time. Event time bounds
-         * it from above (other contexts' work interleaved inside the burst
-         * only adds to it). NVML's figures give two estimates below that:
-         * event time x NVML's ratio, right while the interleaving stays as
-         * it was, and launches x NVML's time per launch, right while the
-         * kernels stay as they were. When a neighbour pauses, the burst runs
-         * alone: its event time falls to its own time and the ratio, learnt
-         * while it was interleaved, would under-charge it several times
-         * over; the time per launch does not. The ratio's estimate is the
-         * steadier one while the interleaving holds (launches settle in
-         * bursts, so a period's launch count is lumpy), so it is used unless
-         * the time per launch says the burst cost more than twice that: the
-         * sign that the interleaving changed. At most the event time; the
-         * NVML correction settles the rest every sample period. */
         uint64_t charge = (uint64_t)ns;
         if (l->nv_state == 1) {
-            if (l->per_launch > 0) {
-                double by_ratio = (double)ns * l->ratio, by_launches = (double)p->n * l->per_launch;
-                double c = by_launches > 2 * by_ratio ? by_launches : by_ratio;
-                if (c < (double)ns) charge = (uint64_t)c;
-            }
+            if (l->per_launch > 0) charge = settle_estimate(l, (double)ns, p->n);
+            l->ck[l->ck_n % CKPT].by_r = l->by_r;
+            l->ck[l->ck_n % CKPT].by_l = l->by_l;
             l->charged += charge;
             l->evt += (uint64_t)ns;
             l->ck[l->ck_n % CKPT].t = now;

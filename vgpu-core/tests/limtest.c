@@ -440,17 +440,9 @@ static int analyze(const char *statef, int argc, char **argv)
                     "tag %d stays within its %d%%: %.1f%% over %d s after warm-up (at least %.0f%%), highest 1 s window %.1f%%",
                     tag, share, avg, cnt, least, maxw);
         } else {
-            /* The floor of a 1 s window is 90% of the share. Under time
-             * slices a claim's windows dip further when a neighbour's burst
-             * of queued work lands before the NVML correction sees it,
-             * while its 6 s average holds: measured on a quiet machine, a
-             * 10% claim down to 8.1% and a 30% claim to 27.0%. There the
-             * floor is share - 3.5 pp when that is lower (a known gap,
-             * vgpu-core/README.md "Compute limiter"). FAKE_GPU_SCHED is the
-             * model the workloads ran under (limiter_tests.sh passes it). */
-            const char *sched = getenv("FAKE_GPU_SCHED");
+            /* every 1 s window at least 90% of the share, under every
+             * scheduling model of the fake GPU */
             double floor = 0.9 * share;
-            if (sched && !strncmp(sched, "slice", 5) && share - 3.5 < floor) floor = share - 3.5;
             t_check(fabs(avg - share) <= 5 && minw >= floor,
                     "tag %d at %d%%: %.1f%% over %d s after warm-up (within 5 pp), lowest 1 s window %.1f%% (>= %.1f%%)",
                     tag, share, avg, cnt, minw, floor);
