@@ -606,6 +606,14 @@ static int burst_full(const struct burst *b, uint64_t now)
     return b->n >= BURST_LAUNCHES || b->prov >= BURST_NS || now - b->last_ns > BURST_GAP_NS;
 }
 
+/* A stream being captured into a graph runs nothing now (the graph is
+ * charged when launched), and no event may go into the capture. */
+static int stream_capturing(CUstream s)
+{
+    int cap = 0;
+    return REAL(cuStreamIsCapturing)(s, &cap) != CUDA_SUCCESS || cap;
+}
+
 /* Open a burst on the current context's stream: -1 if not throttled here
  * (device not limited, stream capturing, no events). */
 static int open_burst(struct burst *b)
@@ -614,11 +622,8 @@ static int open_burst(struct burst *b)
     b->di = -1;
     if (REAL(cuCtxGetDevice)(&dev) != CUDA_SUCCESS || dev < 0 || dev >= n_ldev || !ldev[dev].limited) return -1;
     if (REAL(cuCtxGetCurrent)(&b->octx) != CUDA_SUCCESS || !b->octx) return -1;
-    /* a stream being captured into a graph runs nothing now (the graph is
-     * charged when launched), and no event may go into the capture */
-    int cap = 0;
     b->epoch = __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE);
-    if (REAL(cuStreamIsCapturing)(b->stream, &cap) != CUDA_SUCCESS || cap) return -1;
+    if (stream_capturing(b->stream)) return -1;
     pthread_mutex_lock(&pend_mu);
     int ci = ctx_index_locked(b->octx, dev);
     if (ldev[dev].nv_state == 0) nv_setup(&ldev[dev]);
@@ -678,9 +683,11 @@ static void slow(struct burst *b, uint64_t now)
     if (b->open && (burst_full(b, now) || b->epoch != __atomic_load_n(&capture_epoch, __ATOMIC_ACQUIRE)))
         close_burst(b);
     int di = b->di;
-    if (!b->open && di >= 0) {
+    if (!b->open && di >= 0 && !stream_capturing(b->stream)) {
         /* settle what completed, and wait first if the budget is spent, so
-         * that what was queued is measured before more is admitted */
+         * that what was queued is measured before more is admitted (never
+         * for a launch into a capture: the claim may be in debt then, and
+         * the capture would wait for it) */
         struct lim_dev *l = &ldev[di];
         refill(l, now);
         poll_pending();

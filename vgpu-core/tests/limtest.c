@@ -240,6 +240,11 @@ static int capture(double secs, uint64_t kernel_us, const char *mode)
     CUfunction f = sleep_fn();
     uint64_t dur = kernel_us * 1000;
     void *params[] = {&dur};
+    /* the claim deep in debt when the capture begins (a 100 ms kernel at a
+     * 30% share): a launch into the capture must not wait for budget */
+    uint64_t big = 100000000;
+    void *bparams[] = {&big};
+    cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, s, bparams, NULL);
     /* a burst open on the stream before the capture begins */
     for (int i = 0; i < 3; i++) cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, s, params, NULL);
     struct capjob j = {c, 0, 0};
