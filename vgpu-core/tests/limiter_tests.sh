@@ -187,7 +187,7 @@ for SCHED in launch alternate; do
     claimx L22$m 1 -- CUDA_DEVICE_SM_LIMIT=30 -- capture 3 100 threadlocal &
     claimx L23$m 1 -- CUDA_DEVICE_SM_LIMIT=30 -- capture 3 100 relaxed &
     wait
-    claimx L24$m 1 -- CUDA_DEVICE_SM_LIMIT=30 -- churn ${VGPU_CHURN_SECONDS:-6} 300 &
+    claimx L24$m 1 -- CUDA_DEVICE_SM_LIMIT=30 -- churn ${VGPU_CHURN_SECONDS:-10} 300 &
     [ "$SCHED" = alternate ] && claimx L25 1 -- CUDA_DEVICE_SM_LIMIT=50 -- overlap &
     wait
     lim_report L21$m "global-mode capture while another thread launches; the graph's launches at 30%" 1 2 1:30${VGPU_ASAN:+:atmost}
