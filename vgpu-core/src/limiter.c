@@ -64,6 +64,13 @@ static int lim_inited;
 #define LHIST 6                       /* NVML sample periods the time per launch is learnt over */
 #define MAX_THREADS 1024
 
+/* Running totals of settled bursts, per device (the NVML correction compares
+ * a sample period's difference of them with NVML's figure). */
+struct ck_sums {
+    uint64_t charged, evt, nl; /* ns charged from events, raw event ns, launches */
+    uint64_t by_r, by_l;       /* ns of each estimate (ratio, per launch; settle_estimate) */
+};
+
 /* Per process and device: the share in force, the estimate, the NVML state. */
 struct lim_dev {
     int limited;         /* share < 100: this device is throttled */
@@ -90,13 +97,12 @@ struct lim_dev {
     double qh[QHIST];              /* ...per sample period, the last QHIST of them */
     unsigned qh_n;
     double ratio_min;              /* ...the lowest of those */
-    uint64_t charged, evt, nl;     /* cumulative ns charged from events, raw event ns, launches */
-    uint64_t by_r, by_l;           /* cumulative ns of each estimate (ratio, per launch) */
+    struct ck_sums sum;            /* running totals since NVML is in use */
     double err_r, err_l;           /* each estimate's recent error against NVML, ns per period, smoothed */
     double per_launch;             /* NVML's time per settled launch over LHIST periods (0: not known yet) */
     struct { uint64_t own, n; } lh[LHIST];
     unsigned lh_n;
-    struct { uint64_t t, charged, evt, nl, by_r, by_l; } ck[CKPT];
+    struct { uint64_t t; struct ck_sums sum; } ck[CKPT]; /* the totals as each burst settled */
     unsigned ck_n;
 };
 static struct lim_dev ldev[64];
@@ -314,15 +320,14 @@ static void adapt_inflight(struct lim_dev *l, unsigned own_pct)
     __atomic_store_n(&l->inflight_cap, cap, __ATOMIC_RELAXED);
 }
 
-/* Charges made from events up to monotonic time t. */
-struct ck_sums { uint64_t charged, evt, nl, by_r, by_l; };
+/* The totals of settled bursts up to monotonic time t. */
 static struct ck_sums ck_at(struct lim_dev *l, uint64_t t)
 {
     for (unsigned k = 0; k < CKPT && k < l->ck_n; k++) {
         unsigned i = (l->ck_n - 1 - k) % CKPT;
-        if (l->ck[i].t <= t) return (struct ck_sums){l->ck[i].charged, l->ck[i].evt, l->ck[i].nl, l->ck[i].by_r, l->ck[i].by_l};
+        if (l->ck[i].t <= t) return l->ck[i].sum;
     }
-    return (struct ck_sums){0, 0, 0, 0, 0};
+    return (struct ck_sums){0};
 }
 
 /* Replace the charges made from events over each completed NVML sample
@@ -448,8 +453,8 @@ static uint64_t settle_estimate(struct lim_dev *l, double ns, unsigned n)
     double by_ratio = ns * l->ratio, by_launches = n * l->per_launch;
     if (by_ratio > ns) by_ratio = ns;
     if (by_launches > ns) by_launches = ns;
-    l->by_r += (uint64_t)by_ratio;
-    l->by_l += (uint64_t)by_launches;
+    l->sum.by_r += (uint64_t)by_ratio;
+    l->sum.by_l += (uint64_t)by_launches;
     double c = by_launches > 2 * by_ratio || l->err_l < l->err_r ? by_launches : by_ratio;
     if (c < ns * l->ratio_min) c = ns * l->ratio_min;
     return (uint64_t)c;
@@ -483,15 +488,11 @@ static void poll_pending(void)
         uint64_t charge = (uint64_t)ns;
         if (l->nv_state == 1) {
             if (l->per_launch > 0) charge = settle_estimate(l, (double)ns, p->n);
-            l->ck[l->ck_n % CKPT].by_r = l->by_r;
-            l->ck[l->ck_n % CKPT].by_l = l->by_l;
-            l->charged += charge;
-            l->evt += (uint64_t)ns;
+            l->sum.charged += charge;
+            l->sum.evt += (uint64_t)ns;
+            l->sum.nl += p->n;
             l->ck[l->ck_n % CKPT].t = now;
-            l->ck[l->ck_n % CKPT].charged = l->charged;
-            l->ck[l->ck_n % CKPT].evt = l->evt;
-            l->nl += p->n;
-            l->ck[l->ck_n % CKPT].nl = l->nl;
+            l->ck[l->ck_n % CKPT].sum = l->sum;
             l->ck_n++;
         } else {
             __atomic_add_fetch(&d->gpu_ns_total, (uint64_t)ns, __ATOMIC_RELAXED);
